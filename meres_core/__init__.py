@@ -1,0 +1,1 @@
+"""MERES: Multi-Expression guidance for Referring Expression Segmentation."""
