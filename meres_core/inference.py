@@ -1,0 +1,176 @@
+"""Inference API: an RGB image and one or many sentences -> masks, scores, boxes, centroids.
+
+One vision-encoder pass per image is shared by all sentences (the extractor and decoder
+run batched over sentences), and language features are cached per sentence (LRU), so a
+new frame with the same sentence never re-runs the language encoder.
+
+Presence score: the mean foreground probability over the predicted mask ("maskness",
+as in SOLO / Mask2Former mask scoring), 0 for an empty mask. The model is trained with
+no-target sentences (empty masks) on the synthetic scenes, so an absent object yields an
+empty or low-confidence mask and `found` is False.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import build_from_checkpoint
+from .config import MeresConfig, load_config
+from .data.transforms import preprocess_image
+from .model.meres import MERES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationResult:
+    expression: str
+    found: bool
+    score: float  # presence score in [0, 1]
+    mask: np.ndarray  # bool (H, W) at the input resolution
+    probability: np.ndarray  # float32 (H, W)
+    bbox: Optional[tuple[int, int, int, int]]  # (x_min, y_min, x_max, y_max), inclusive; None when not found
+    centroid: Optional[tuple[float, float]]  # (u, v) pixels; None when not found
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready fields (no arrays)."""
+        return {"expression": self.expression, "found": self.found, "score": round(self.score, 4),
+                "bbox": self.bbox, "centroid": None if self.centroid is None else [round(c, 2) for c in self.centroid],
+                "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}
+
+
+def select_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def select_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on CUDA, fp32 on CPU. fp16 on CPU falls back to fp32 (slow / unsupported kernels)."""
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision == "fp16" and device.type != "cuda":
+        log.warning("precision fp16 needs CUDA; using fp32 on %s (bf16 is the reduced CPU option)", device)
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
+
+
+def normalize_expression(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class Segmenter:
+    def __init__(self, model: MERES, cfg: MeresConfig, metadata: dict | None = None,
+                 device: str | None = None, precision: str | None = None,
+                 mask_threshold: float | None = None, presence_threshold: float | None = None):
+        inf = cfg.inference
+        self.cfg = cfg
+        self.metadata = metadata or {}
+        self.device = select_device(device or inf.device)
+        self.dtype = select_dtype(precision or inf.precision, self.device)
+        self.model = model.to(self.device).eval()
+        self.mask_threshold = inf.mask_threshold if mask_threshold is None else mask_threshold
+        self.presence_threshold = inf.presence_threshold if presence_threshold is None else presence_threshold
+        self.cache_size = inf.text_cache_size
+        self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kwargs) -> "Segmenter":
+        """`path` may be `demo` for the shipped demo model. Raises CheckpointError."""
+        model, cfg, metadata = build_from_checkpoint(path)
+        return cls(model, cfg, metadata, **kwargs)
+
+    @classmethod
+    def from_preset(cls, name: str, seed: int = 0, **kwargs) -> "Segmenter":
+        """A model with the preset's initial weights (pretrained where configured, else random)."""
+        cfg = load_config(name)
+        torch.manual_seed(seed)
+        return cls(MERES(cfg.model), cfg, {"preset": name, "seed": seed}, **kwargs)
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _sync(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _text_features(self, expressions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached Q_l per sentence, padded into one batch: (E, T, D_t) and validity (E, T)."""
+        missing = list(dict.fromkeys(e for e in expressions if e not in self._text_cache))
+        if missing:
+            ids, attention = self.model.tokenize(missing)
+            text, valid = self.model.encode_text(ids, attention)
+            for i, expression in enumerate(missing):
+                n = int(valid[i].sum())
+                self._text_cache[expression] = (text[i, :n].float(), valid[i, :n])
+        for expression in expressions:
+            self._text_cache.move_to_end(expression)
+        while len(self._text_cache) > self.cache_size:
+            self._text_cache.popitem(last=False)
+        entries = [self._text_cache[e] for e in expressions]
+        length = max(t.shape[0] for t, _ in entries)
+        text = torch.zeros(len(entries), length, entries[0][0].shape[1], device=self.device)
+        valid = torch.zeros(len(entries), length, dtype=torch.bool, device=self.device)
+        for i, (t, v) in enumerate(entries):
+            text[i, : t.shape[0]], valid[i, : v.shape[0]] = t, v
+        return text, valid
+
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, expressions: str | list[str]) -> list[SegmentationResult]:
+        """image: RGB uint8 (H, W, 3). Returns one result per expression, in order."""
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        expressions = [normalize_expression(e) for e in expressions]
+        if not expressions or any(not e for e in expressions):
+            raise ValueError("expressions must be non-empty strings")
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be an RGB uint8 array (H, W, 3), got "
+                             f"{getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+        if min(image.shape[:2]) < 1:
+            raise ValueError(f"image is empty: shape {image.shape}")
+        height, width = image.shape[:2]
+
+        t0 = self._sync()
+        with self._autocast():
+            text, valid = self._text_features(expressions)
+            t1 = self._sync()
+            pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)
+            features = self.model.encode_image(pixels)
+            t2 = self._sync()
+            logits = self.model.decode(features, text, valid).logits  # (E, 1, h, w)
+            t3 = self._sync()
+        probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",
+                                                  align_corners=False)[:, 0]).cpu().numpy()
+        results = [self._result(e, p) for e, p in zip(expressions, probability)]
+        t4 = self._sync()
+        timings = {"text": t1 - t0, "vision": t2 - t1, "decode": t3 - t2, "post": t4 - t3, "total": t4 - t0}
+        for r in results:
+            r.timings_ms = {k: v * 1000.0 for k, v in timings.items()}
+        return results
+
+    def _result(self, expression: str, probability: np.ndarray) -> SegmentationResult:
+        mask = probability > self.mask_threshold
+        score = float(probability[mask].mean()) if mask.any() else 0.0
+        found = bool(mask.any()) and score >= self.presence_threshold
+        bbox = centroid = None
+        if found:
+            ys, xs = np.nonzero(mask)
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+            centroid = (float(xs.mean()), float(ys.mean()))
+        return SegmentationResult(expression, found, score, mask, probability, bbox, centroid)

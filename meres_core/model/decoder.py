@@ -1,0 +1,61 @@
+"""Segmentation decoder (Sec. 3.3).
+
+Stage by stage from F4 up to F1: pixels (query) cross-attend to the guidance set G
+(key / value, padding masked), then the map is upsampled, concatenated with the next
+encoder feature and fused. A final 1x1 projection gives one logit channel at stride 4.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import CrossAttentionBlock
+
+
+def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
+    # GroupNorm instead of LAVT's BatchNorm: results do not depend on the batch, so
+    # several expressions batched together equal one-by-one, in training as in inference.
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.ReLU(inplace=True),
+        nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.GroupNorm(min(8, out_ch), out_ch), nn.ReLU(inplace=True),
+    )
+
+
+class GuidedStage(nn.Module):
+    """Pixels of a (B, C, H, W) map attend to the guidance tokens (B, L, D)."""
+
+    def __init__(self, channels: int, guidance_dim: int, num_heads: int):
+        super().__init__()
+        self.block = CrossAttentionBlock(channels, num_heads, kv_dim=guidance_dim)
+
+    def forward(self, x: torch.Tensor, guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        pixels = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        pixels = self.block(pixels, guidance, key_padding_mask=guidance_pad)
+        return pixels.transpose(1, 2).reshape(b, c, h, w)
+
+
+class SegmentationDecoder(nn.Module):
+    def __init__(self, encoder_channels: list[int], dims: list[int], guidance_dim: int, num_heads: int):
+        """encoder_channels: C1..C4; dims: decoder widths for the F4, F3, F2, F1 stages."""
+        super().__init__()
+        c1, c2, c3, c4 = encoder_channels
+        self.input_proj = nn.Sequential(nn.Conv2d(c4, dims[0], 1), nn.GroupNorm(min(8, dims[0]), dims[0]))
+        self.guided = nn.ModuleList(GuidedStage(d, guidance_dim, num_heads) for d in dims)
+        skips = [c3, c2, c1]
+        self.fuse = nn.ModuleList(conv_block(dims[i] + skips[i], dims[i + 1]) for i in range(3))
+        self.head = nn.Conv2d(dims[-1], 1, 1)  # the final linear projection to one logit
+
+    def forward(self, features: list[torch.Tensor], guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
+        """features [F1..F4] (B, C_i, H_i, W_i); guidance (B, L, D); guidance_pad (B, L) True = ignore.
+
+        Returns logits (B, 1, H_1, W_1).
+        """
+        f1, f2, f3, f4 = features
+        x = self.guided[0](self.input_proj(f4), guidance, guidance_pad)  # stride 32
+        for i, skip in enumerate((f3, f2, f1)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fuse[i](torch.cat([x, skip], dim=1))
+            x = self.guided[i + 1](x, guidance, guidance_pad)  # strides 16, 8, 4
+        return self.head(x)

@@ -1,0 +1,124 @@
+"""MERES (Fig. 3): encoders -> enhanced linguistic tokens -> visual expression extractor
+-> guidance set G -> decoder. The guidance variants of Table 3 are `cfg.guidance`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .attention import CrossAttentionBlock
+from .decoder import SegmentationDecoder
+from .encoders import TextEncoder, VisionEncoder
+from .expression_extractor import VisualExpressionExtractor
+from .losses import downsample_mask, pixel_contrastive, segmentation_bce
+
+
+@dataclass
+class MeresOutput:
+    logits: torch.Tensor  # (B, 1, H/4, W/4)
+    relevance: Optional[torch.Tensor]  # S (B, T, N), None when the guidance has no VE
+    feature_size: tuple[int, int]  # (h, w) of F4, N = h * w
+    tau: Optional[torch.Tensor]
+
+
+class MERES(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision)
+        self.text = TextEncoder(cfg.text)
+        d = cfg.dim
+        self.text_proj = nn.Linear(self.text.dim, d)  # Q_l into the joint width D
+        self.pixel_proj = nn.Linear(self.vision.channels[-1], d)  # F4 -> F_v (N, D)
+        self.uses_ve = cfg.guidance in ("ve", "enhanced_le_ve")
+        if cfg.guidance != "le":
+            # Q^_l: language queries attend to F4 (Sec. 3.2, "enhanced by cross-attention").
+            self.enhancer = nn.ModuleList(CrossAttentionBlock(d, cfg.num_heads) for _ in range(cfg.enhance_layers))
+        if self.uses_ve:
+            self.extractor = VisualExpressionExtractor(cfg.extractor, d, cfg.num_heads)
+        self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads)
+
+    # -- the three stages, separable so inference can share one image over many sentences
+
+    def tokenize(self, sentences: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text.tokenize(sentences, device=self.text_proj.weight.device)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> Q_l (B, T, D_t) and validity (B, T)."""
+        return self.text(input_ids, attention_mask)
+
+    def encode_image(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """images (B, 3, H, W) -> [F1..F4]."""
+        return self.vision(images)
+
+    def decode(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor) -> MeresOutput:
+        """features of 1 or B images; text (B, T, D_t). One image is shared by all B sentences."""
+        b = text.shape[0]
+        features = [f.expand(b, -1, -1, -1) for f in features]
+        f4 = features[-1]
+        h, w = f4.shape[-2:]
+        pixels = self.pixel_proj(f4.flatten(2).transpose(1, 2))  # F_v (B, N, D)
+        q_l = self.text_proj(text)  # Q_l (B, T, D)
+        pad = ~text_valid
+
+        if self.cfg.guidance == "le":
+            return self._decode(features, q_l, pad, None, (h, w))
+        q_hat_l = q_l
+        for block in self.enhancer:
+            q_hat_l = block(q_hat_l, pixels)  # Q^_l (B, T, D)
+        q_hat_l = q_hat_l * text_valid[..., None]
+
+        if self.cfg.guidance == "enhanced_le":
+            return self._decode(features, q_hat_l, pad, None, (h, w))
+        if self.cfg.guidance == "enhanced_le_all_pixels":
+            guidance = torch.cat([q_hat_l, pixels], dim=1)
+            guidance_pad = torch.cat([pad, pad.new_zeros(b, pixels.shape[1])], dim=1)
+            return self._decode(features, guidance, guidance_pad, None, (h, w))
+
+        ve = self.extractor(pixels, q_hat_l, text_valid)  # Q^_v (B, T, D)
+        if self.cfg.guidance == "ve":
+            guidance, guidance_pad = ve.tokens, ~ve.valid
+        else:  # G = {Q^_l, Q^_v}
+            guidance = torch.cat([q_hat_l, ve.tokens], dim=1)
+            guidance_pad = torch.cat([pad, ~ve.valid], dim=1)
+        return self._decode(features, guidance, guidance_pad, ve.relevance, (h, w))
+
+    def _decode(self, features, guidance, guidance_pad, relevance, size) -> MeresOutput:
+        logits = self.decoder(features, guidance, guidance_pad)
+        tau = self.extractor.tau if self.uses_ve else None
+        return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau)
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MeresOutput:
+        text, valid = self.encode_text(input_ids, attention_mask)
+        return self.decode(self.encode_image(images), text, valid)
+
+    def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3)."""
+        bce = segmentation_bce(out.logits, masks)
+        losses = {"bce": bce, "loss": bce}
+        if self.cfg.contrastive_loss and out.relevance is not None:
+            positives = downsample_mask(masks, out.feature_size).flatten(1)  # Z+ (B, N)
+            contrastive = pixel_contrastive(out.relevance[:, 0], out.tau, positives)
+            losses["contrastive"] = contrastive
+            losses["loss"] = bce + self.cfg.contrastive_weight * contrastive
+        return losses
+
+
+def count_parameters(model: MERES) -> dict[str, int]:
+    """Parameter counts split as vision / text / extractor (incl. enhancer) / decoder."""
+    def n(module) -> int:
+        return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+    extractor = n(getattr(model, "enhancer", None)) + n(getattr(model, "extractor", None))
+    counts = {
+        "vision": n(model.vision) + n(model.pixel_proj),
+        "text": n(model.text) + n(model.text_proj),
+        "extractor": extractor,
+        "decoder": n(model.decoder),
+    }
+    counts["total"] = sum(counts.values())
+    return counts
