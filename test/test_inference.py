@@ -1,0 +1,94 @@
+"""Segmenter: batching over sentences, text cache, precision, results."""
+import numpy as np
+import pytest
+import torch
+
+from meres_core.inference import Segmenter
+
+SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
+
+
+@pytest.fixture
+def segmenter(tiny_model, tiny_cfg):
+    return Segmenter(tiny_model, tiny_cfg, device="cpu", precision="fp32")
+
+
+def test_batched_equals_one_by_one(segmenter, scene):
+    batched = segmenter.segment(scene, SENTENCES)
+    segmenter._text_cache.clear()
+    for sentence, result in zip(SENTENCES, batched):
+        single = segmenter.segment(scene, sentence)[0]
+        assert single.expression == result.expression == sentence
+        np.testing.assert_allclose(single.probability, result.probability, atol=1e-5)
+
+
+def test_results_have_input_resolution_and_consistent_geometry(segmenter, scene):
+    segmenter.mask_threshold = 0.5
+    segmenter.presence_threshold = 0.0
+    for result in segmenter.segment(scene, SENTENCES):
+        assert result.mask.shape == result.probability.shape == scene.shape[:2]
+        assert result.mask.dtype == bool and result.probability.dtype == np.float32
+        assert set(result.timings_ms) == {"text", "vision", "decode", "post", "total"}
+        if result.found:
+            ys, xs = np.nonzero(result.mask)
+            assert result.bbox == (xs.min(), ys.min(), xs.max(), ys.max())
+            assert result.centroid == pytest.approx((xs.mean(), ys.mean()))
+            assert result.score == pytest.approx(result.probability[result.mask].mean())
+
+
+def test_absent_when_presence_below_threshold(segmenter, scene):
+    segmenter.presence_threshold = 1.01
+    result = segmenter.segment(scene, "the red circle")[0]
+    assert not result.found and result.centroid is None and result.bbox is None
+
+
+def test_text_encoder_runs_once_per_sentence(segmenter, scene, monkeypatch):
+    calls = []
+    real = segmenter.model.encode_text
+
+    def counting(ids, attention):
+        calls.append(ids.shape[0])
+        return real(ids, attention)
+
+    monkeypatch.setattr(segmenter.model, "encode_text", counting)
+    segmenter.segment(scene, SENTENCES)
+    segmenter.segment(scene[::-1].copy(), SENTENCES)  # new frame, same sentences
+    segmenter.segment(scene, ["the red circle", "  the   red circle "])  # same after normalization
+    assert calls == [3]
+
+
+def test_text_cache_is_bounded(segmenter, scene):
+    segmenter.cache_size = 2
+    for sentence in SENTENCES:
+        segmenter.segment(scene, sentence)
+    assert list(segmenter._text_cache) == SENTENCES[1:]
+
+
+@pytest.mark.parametrize("bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 3), np.float32),
+                                 np.zeros((0, 10, 3), np.uint8), "not an image"])
+def test_bad_images_are_rejected_clearly(segmenter, bad):
+    with pytest.raises(ValueError, match="image"):
+        segmenter.segment(bad, "the red circle")
+
+
+@pytest.mark.parametrize("bad", ["", "   ", []])
+def test_empty_expressions_are_rejected(segmenter, scene, bad):
+    with pytest.raises(ValueError, match="non-empty"):
+        segmenter.segment(scene, bad)
+
+
+def test_huge_and_unicode_expressions_are_truncated_not_fatal(segmenter, scene):
+    results = segmenter.segment(scene, ["red " * 5000, "la tasse rouge à gauche 🍵 赤いカップ"])
+    assert all(r.probability.shape == scene.shape[:2] for r in results)
+
+
+def test_bf16_on_cpu_agrees_with_fp32(tiny_model, tiny_cfg, scene):
+    fp32 = Segmenter(tiny_model, tiny_cfg, device="cpu", precision="fp32").segment(scene, SENTENCES)
+    bf16 = Segmenter(tiny_model, tiny_cfg, device="cpu", precision="bf16").segment(scene, SENTENCES)
+    for a, b in zip(fp32, bf16):
+        # bf16 keeps 8 mantissa bits: probabilities agree to a few hundredths
+        np.testing.assert_allclose(a.probability, b.probability, atol=0.03)
+
+
+def test_fp16_on_cpu_falls_back_to_fp32(tiny_model, tiny_cfg):
+    assert Segmenter(tiny_model, tiny_cfg, device="cpu", precision="fp16").dtype == torch.float32
