@@ -1,23 +1,23 @@
 # The two commands of the README, and a few more for developers.
+# scripts/setup_venv.sh creates (first run) or reuses the venv and prints its path.
 SHELL := /bin/bash
-VENV = $(shell scripts/setup_venv.sh)
-PY = $(VENV)/bin/python
+.SHELLFLAGS := -eo pipefail -c
 
 .PHONY: demo test test-all bench venv
 
 demo:  ## the shipped demo model on bundled synthetic scenes, through the real ROS 2 node
-	@$(PY) -m meres_ros.demo --out out/demo
+	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m meres_ros.demo --out out/demo
 
 test:  ## the default test suite (CPU, < 15 minutes on 2 cores)
-	@$(PY) -m pytest -q
+	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m pytest -q
 
-test-all:  ## include slow tests
-	@$(PY) -m pytest -q -m "slow or not slow"
+test-all:  ## include the slow tests
+	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m pytest -q -m "slow or not slow"
 
 bench:  ## inference and training benchmarks, JSON under out/bench
-	@mkdir -p out/bench
-	@$(PY) bench/bench_inference.py | tee out/bench/inference.json
-	@$(PY) bench/bench_train.py | tee out/bench/train.json
+	@venv=$$(scripts/setup_venv.sh); mkdir -p out/bench; \
+	$$venv/bin/python bench/bench_inference.py | tee out/bench/inference.json; \
+	$$venv/bin/python bench/bench_train.py | tee out/bench/train.json
 
-venv:
-	@echo $(VENV)
+venv:  ## print the venv path (creating it if needed)
+	@scripts/setup_venv.sh
