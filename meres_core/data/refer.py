@@ -1,0 +1,227 @@
+"""Referring-expression datasets in the REFER format, as distributed.
+
+    <data_root>/<dataset>/refs(<split_by>).p   pickled list of refs, one per referred object
+    <data_root>/<dataset>/instances.json       COCO images, annotations, categories
+    <image_root>/<file_name>                   `file_name` of the instances.json image
+
+Datasets: refcoco and refcoco+ (split_by "unc"), refcocog ("umd" or "google"),
+and synth ("synth", written by `meres-synth`). The default `image_root` is the
+REFER layout `<data_root>/images/mscoco/images/train2014` (COCO_train2014_*.jpg),
+or `<data_root>/images` for synth.
+
+One sample per sentence. A ref with `no_target: True` or `ann_id == -1`
+(gRefCOCO convention) refers to nothing: its mask is empty. A list of `ann_id`s
+refers to the union of their masks.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import cv2
+import numpy as np
+import torch
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from meres_core.data.transforms import preprocess_image, resize_mask
+
+COCO_IMAGE_ROOT = Path("images/mscoco/images/train2014")
+IMAGE_ROOTS = {"synth": Path("images")}  # relative to data_root; other datasets use COCO_IMAGE_ROOT
+
+# Everything a refs(*.p) file needs: containers and scalars, nothing that runs code.
+_SAFE_GLOBALS = {(module, name) for module in ("builtins", "__builtin__")
+                 for name in ("set", "frozenset", "list", "dict", "tuple", "bytearray", "complex")}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """A pickle referenced a class or function outside the builtin containers."""
+
+
+class ReferFilesNotFoundError(FileNotFoundError):
+    """Some of the files a REFER dataset needs are missing; `missing` lists them all."""
+
+    def __init__(self, description: str, missing: list[Path]):
+        self.missing = missing
+        super().__init__(f"{description}: missing " + "".join(f"\n  {p}" for p in missing))
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(f"refusing to unpickle {module}.{name}: refs files may only hold builtin "
+                                "containers and scalars")
+
+
+def load_refs(path: Union[str, Path]) -> list[dict]:
+    """Read a refs(*.p) file without executing code from it."""
+    with open(path, "rb") as f:
+        try:
+            # latin1 decodes the Python 2 str objects of the original files without failing.
+            refs = _RestrictedUnpickler(f, encoding="latin1").load()
+        except UnsafePickleError as err:
+            raise UnsafePickleError(f"{path}: {err}") from None
+    if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
+        raise ValueError(f"{path}: expected a list of ref dicts, got {type(refs).__name__}")
+    return refs
+
+
+def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
+    """COCO polygons, uncompressed RLE or compressed RLE -> bool (height, width) mask."""
+    if isinstance(segmentation, list):
+        # frPyObjects reads a 4-number list as a box; such degenerate polygons hold no area anyway.
+        polygons = [p for p in segmentation if len(p) >= 6]
+        if not polygons:
+            return np.zeros((height, width), bool)
+        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation.get("counts"), list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    return mask_utils.decode(rle).astype(bool)
+
+
+def refer_paths(data_root: Union[str, Path], dataset: str, split_by: str,
+                image_root: Union[str, Path, None] = None) -> dict[str, Path]:
+    """The files and folder a dataset needs: keys refs, instances, images."""
+    root = Path(data_root)
+    return {
+        "refs": root / dataset / f"refs({split_by}).p",
+        "instances": root / dataset / "instances.json",
+        "images": Path(image_root) if image_root is not None else root / IMAGE_ROOTS.get(dataset, COCO_IMAGE_ROOT),
+    }
+
+
+def _ann_ids(ref: dict) -> list[int]:
+    ids = ref["ann_id"] if isinstance(ref["ann_id"], (list, tuple)) else [ref["ann_id"]]
+    return [int(i) for i in ids if int(i) != -1]
+
+
+class ReferDataset(Dataset):
+    """One sample per sentence of the refs of `split`.
+
+    A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
+    of 0/1, sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
+    dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
+    when `keep_original`. A broken sample (unreadable image, empty sentence, empty
+    mask of a ref that has a target) is None and counted in `skipped` by reason;
+    with DataLoader workers each worker process keeps its own count.
+    """
+
+    def __init__(self, data_root, dataset: str = "refcoco", split_by: str = "unc", split: str = "train",
+                 image_root=None, img_size: int = 480, categories: Optional[Iterable[Union[str, int]]] = None,
+                 keep_original: bool = False):
+        if img_size < 1:
+            raise ValueError("img_size must be positive")
+        self.paths = refer_paths(data_root, dataset, split_by, image_root)
+        missing = [p for p in self.paths.values() if not p.exists()]
+        if missing:
+            raise ReferFilesNotFoundError(f"dataset {dataset!r} (split_by {split_by!r})", missing)
+        self.dataset, self.split, self.img_size, self.keep_original = dataset, split, img_size, keep_original
+
+        refs = load_refs(self.paths["refs"])
+        available = sorted({str(r["split"]) for r in refs})
+        if split not in available:
+            raise ValueError(f"split {split!r} not in {self.paths['refs']}; available: {', '.join(available)}")
+        instances = json.loads(self.paths["instances"].read_text())
+        self.category_names = {int(c["id"]): c["name"] for c in instances["categories"]}
+        wanted = self._category_ids(categories)
+        self.refs = [r for r in refs if r["split"] == split and (wanted is None or r["category_id"] in wanted)]
+
+        needed_images = {r["image_id"] for r in self.refs}
+        needed_anns = {i for r in self.refs for i in _ann_ids(r)}
+        self.images = {im["id"]: im for im in instances["images"] if im["id"] in needed_images}
+        self.annotations = {a["id"]: a for a in instances["annotations"] if a["id"] in needed_anns}
+        self.samples = [(r, s) for r in self.refs for s in r["sentences"]]
+        self.skipped: Counter = Counter()
+
+    def _category_ids(self, categories) -> Optional[set[int]]:
+        """Category names or ids -> ids (the generalization setting of paper Table 2)."""
+        if categories is None:
+            return None
+        by_name = {name: i for i, name in self.category_names.items()}
+        ids, unknown = set(), []
+        for c in categories:
+            if isinstance(c, (int, np.integer)) and int(c) in self.category_names:
+                ids.add(int(c))
+            elif isinstance(c, str) and c in by_name:
+                ids.add(by_name[c])
+            else:
+                unknown.append(c)
+        if unknown:
+            raise ValueError(f"unknown categories {unknown}; available: {', '.join(sorted(by_name))}")
+        return ids
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def sentences_by_kind(self) -> Counter:
+        return Counter(sentence.get("kind", self.dataset) for _, sentence in self.samples)
+
+    def read_image(self, image_id: int) -> Optional[np.ndarray]:
+        """RGB uint8 image, or None when it is missing or unreadable."""
+        bgr = cv2.imread(str(self.paths["images"] / self.images[image_id]["file_name"]), cv2.IMREAD_COLOR)
+        return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def ref_mask(self, ref: dict, height: int, width: int) -> np.ndarray:
+        """Union of the masks of the ref's annotations (empty for a no-target ref)."""
+        mask = np.zeros((height, width), bool)
+        for ann_id in _ann_ids(ref):
+            mask |= decode_segmentation(self.annotations[ann_id]["segmentation"], height, width)
+        return mask
+
+    def _skip(self, reason: str) -> None:  # returns the None that marks a broken sample
+        self.skipped[reason] += 1
+        return None
+
+    def __getitem__(self, index: int) -> Optional[dict]:
+        ref, sentence = self.samples[index]
+        text = str(sentence.get("sent") or sentence.get("raw") or "").strip()
+        if not text:
+            return self._skip("empty_sentence")
+        if ref["image_id"] not in self.images or any(i not in self.annotations for i in _ann_ids(ref)):
+            return self._skip("missing_annotation")
+        image = self.read_image(ref["image_id"])
+        if image is None:
+            return self._skip("unreadable_image")
+        info = self.images[ref["image_id"]]
+        if image.shape[:2] != (info["height"], info["width"]):
+            return self._skip("image_size_mismatch")
+        no_target = bool(ref.get("no_target", False)) or not _ann_ids(ref)
+        mask = self.ref_mask(ref, *image.shape[:2])
+        if not no_target and not mask.any():
+            return self._skip("empty_mask")
+        sample = {
+            "image": preprocess_image(image, self.img_size),
+            "mask": resize_mask(mask, self.img_size),
+            "sentence": text,
+            "ref_id": int(ref["ref_id"]),
+            "sent_id": int(sentence["sent_id"]),
+            "image_id": int(ref["image_id"]),
+            "kind": str(sentence.get("kind", self.dataset)),
+            "no_target": no_target,
+        }
+        if self.keep_original:
+            sample["orig_image"], sample["orig_mask"] = image, mask
+        return sample
+
+
+def collate_samples(batch: list[Optional[dict]]) -> Optional[dict]:
+    """Drop None samples; stack tensors, turn numbers into tensors, keep strings and arrays as lists."""
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
+    out = {}
+    for key, first in batch[0].items():
+        values = [b[key] for b in batch]
+        if isinstance(first, torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(first, (bool, int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out

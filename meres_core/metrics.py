@@ -1,0 +1,149 @@
+"""Referring segmentation metrics (paper Sec. 4.1 and Appendix C) and the pixel PR curve (Fig. 4).
+
+oIoU: total intersection / total union over all sentences. mIoU: mean per-sentence
+IoU. P@X: fraction of sentences with IoU >= X (as LAVT). Values are fractions in
+[0, 1]; `format_table` prints them as percentages like the paper.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+PRECISION_THRESHOLDS = (0.5, 0.7, 0.9)
+METRIC_COLUMNS = ("oIoU", "mIoU") + tuple(f"P@{t}" for t in PRECISION_THRESHOLDS)
+
+
+def _as_array(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, possibly on the GPU
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+class SegmentationMetrics:
+    """Accumulates per-sentence intersection and union; `summary` also breaks them down by kind."""
+
+    def __init__(self, thresholds: tuple[float, ...] = PRECISION_THRESHOLDS):
+        self.thresholds = tuple(thresholds)
+        self.reset()
+
+    def reset(self) -> None:
+        self.intersections: list[int] = []
+        self.unions: list[int] = []
+        self.ious: list[float] = []
+        self.kinds: list[Optional[str]] = []
+
+    def update(self, pred, gt, kind: Optional[str] = None) -> float:
+        """Add one sentence (bool masks of the same shape); returns its IoU."""
+        pred, gt = _as_array(pred).astype(bool), _as_array(gt).astype(bool)
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+        intersection = int(np.count_nonzero(pred & gt))
+        union = int(np.count_nonzero(pred | gt))
+        # An absent target correctly rejected (both masks empty) is a perfect answer: IoU 1 for mIoU
+        # and P@X, while it adds 0 / 0 to oIoU, which stays a ratio of pixel totals.
+        iou = intersection / union if union else 1.0
+        self.intersections.append(intersection)
+        self.unions.append(union)
+        self.ious.append(iou)
+        self.kinds.append(kind)
+        return iou
+
+    def __len__(self) -> int:
+        return len(self.ious)
+
+    def _summarize(self, rows: np.ndarray) -> dict:
+        ious = np.asarray(self.ious)[rows]
+        union = int(np.asarray(self.unions, np.int64)[rows].sum())
+        out = {
+            "oIoU": int(np.asarray(self.intersections, np.int64)[rows].sum()) / union if union else math.nan,
+            "mIoU": float(ious.mean()) if len(ious) else math.nan,
+        }
+        for t in self.thresholds:
+            out[f"P@{t}"] = float((ious >= t).mean()) if len(ious) else math.nan
+        out["n"] = int(len(ious))
+        return out
+
+    def summary(self) -> dict:
+        """oIoU, mIoU, P@X, n, and `by_kind` with the same keys per kind (NaN where undefined)."""
+        kinds = np.asarray([k if k is not None else "" for k in self.kinds], dtype=object)
+        out = self._summarize(np.ones(len(self.ious), bool))
+        out["by_kind"] = {k: self._summarize(kinds == k) for k in sorted(set(self.kinds) - {None})}
+        return out
+
+
+class PixelPR:
+    """Pixel-level precision-recall over thresholds, from fixed histograms of probabilities.
+
+    A pixel counts as predicted positive at threshold `i / bins` when its probability
+    falls in bin i or above, so memory stays constant over a whole split.
+    """
+
+    def __init__(self, bins: int = 1000):
+        self.bins = bins
+        self.positives = np.zeros(bins, np.int64)
+        self.negatives = np.zeros(bins, np.int64)
+
+    def update(self, prob, gt) -> None:
+        prob, gt = _as_array(prob).astype(np.float64), _as_array(gt).astype(bool)
+        if prob.shape != gt.shape:
+            raise ValueError(f"probabilities {prob.shape} and ground truth {gt.shape} differ in shape")
+        index = np.clip((prob * self.bins).astype(np.int64), 0, self.bins - 1)
+        self.positives += np.bincount(index[gt], minlength=self.bins)
+        self.negatives += np.bincount(index[~gt], minlength=self.bins)
+
+    def curve(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(precision, recall, thresholds) for ascending thresholds; precision is 1 where nothing is predicted."""
+        tp = np.cumsum(self.positives[::-1])[::-1]
+        fp = np.cumsum(self.negatives[::-1])[::-1]
+        predicted = tp + fp
+        precision = np.divide(tp, predicted, out=np.ones(self.bins), where=predicted > 0)
+        total = self.positives.sum()
+        recall = tp / total if total else np.full(self.bins, math.nan)
+        return precision, recall, np.arange(self.bins) / self.bins
+
+    def auc(self) -> float:
+        """Area under the PR curve as a step sum over recall (average precision), never interpolated upward."""
+        precision, recall, _ = self.curve()
+        recall_next = np.append(recall[1:], 0.0)
+        return float(np.sum((recall - recall_next) * precision))
+
+    def plot(self, path: Union[str, Path], label: str = "MERES") -> None:
+        plot_pr_curves({label: self}, path)
+
+
+def plot_pr_curves(curves: dict[str, PixelPR], path: Union[str, Path], title: str = "Precision-recall") -> None:
+    """One PNG with a curve per model, AUC in the legend (the paper's Fig. 4)."""
+    # Figure + Agg canvas, not pyplot: no global backend switch, safe in headless processes.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, pr in curves.items():
+        precision, recall, _ = pr.curve()
+        ax.plot(recall, precision, label=f"{label} (AUC {pr.auc():.4f})")
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Rows = the keys of `results` (splits), columns oIoU, mIoU, P@0.5, P@0.7, P@0.9 in %, then n."""
+    header = ["split", *METRIC_COLUMNS, "n"]
+    rows = [[name, *(_percent(summary.get(c)) for c in METRIC_COLUMNS), str(summary.get("n", ""))]
+            for name, summary in results.items()]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in [header, *rows]]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"

@@ -1,0 +1,217 @@
+import json
+import pickle
+import shutil
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+
+from meres_core.data.refer import (ReferDataset, ReferFilesNotFoundError, UnsafePickleError, collate_samples,
+                                   load_refs)
+from meres_core.data.synthetic import CATEGORY_IDS, generate, render_scene
+from meres_core.data.transforms import preprocess_image, resize_mask
+
+H, W, SEED, SIZE = 240, 320, 7, 64
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("refer")
+    generate(out, 6, seed=SEED, height=H, width=W, depth=False, split_fractions=(0.5, 0.25, 0.25))
+    return out
+
+
+def synth(root, split="train", **kwargs):
+    return ReferDataset(root, dataset="synth", split_by="synth", split=split, img_size=SIZE, **kwargs)
+
+
+def read_refs(root):
+    return pickle.loads((root / "synth" / "refs(synth).p").read_bytes())
+
+
+def boundary_band(mask):
+    kernel = np.ones((3, 3), np.uint8)
+    m = mask.astype(np.uint8)
+    return (cv2.dilate(m, kernel) - cv2.erode(m, kernel)).astype(bool)
+
+
+def test_samples_match_what_the_generator_drew(root):
+    instances = json.loads((root / "synth" / "instances.json").read_text())
+    encodings = set()
+    for split in ("train", "val", "test"):
+        ds = synth(root, split, keep_original=True)
+        assert len(ds) == sum(len(r["sentences"]) for r in read_refs(root) if r["split"] == split)
+        for i in range(len(ds)):
+            sample = ds[i]
+            assert sample["image"].shape == (3, SIZE, SIZE) and sample["image"].dtype == torch.float32
+            assert sample["mask"].shape == (SIZE, SIZE) and set(sample["mask"].unique().tolist()) <= {0.0, 1.0}
+            assert torch.equal(sample["mask"], resize_mask(sample["orig_mask"], SIZE))
+            assert sample["orig_image"].shape == (H, W, 3) and sample["orig_image"].dtype == np.uint8
+            assert sample["sentence"] and isinstance(sample["kind"], str)
+            ref = next(r for r in ds.refs if r["ref_id"] == sample["ref_id"])
+            if sample["no_target"]:
+                assert ref["ann_id"] == -1 and sample["kind"] == "absent" and not sample["orig_mask"].any()
+                continue
+            anns = [a for a in instances["annotations"] if a["image_id"] == sample["image_id"]]
+            index = [a["id"] for a in anns].index(ref["ann_id"])
+            drawn = render_scene(SEED, sample["image_id"], H, W, depth=False).shapes[index].visible
+            segmentation = anns[index]["segmentation"]
+            encodings.add(type(segmentation).__name__)
+            if isinstance(segmentation, dict):
+                assert np.array_equal(sample["orig_mask"], drawn)
+            else:  # polygon round trip: differences only on the one-pixel boundary
+                diff = sample["orig_mask"] ^ drawn
+                assert not (diff & ~boundary_band(drawn)).any()
+                assert (sample["orig_mask"] & drawn).sum() > 0.8 * (sample["orig_mask"] | drawn).sum()
+        assert not ds.skipped
+    assert encodings == {"list", "dict"}
+
+
+def test_image_tensor_and_kinds(root):
+    ds = synth(root, keep_original=True)
+    sample = ds[0]
+    assert torch.equal(sample["image"], preprocess_image(sample["orig_image"], SIZE))
+    kinds = ds.sentences_by_kind()
+    assert sum(kinds.values()) == len(ds) and set(kinds) <= {"category", "attribute", "spatial", "ordinal",
+                                                               "size", "absent"}
+
+
+def test_unknown_split_lists_available(root):
+    with pytest.raises(ValueError, match="available: test, train, val"):
+        synth(root, "testA")
+
+
+def test_missing_files_are_listed_in_one_error(tmp_path):
+    with pytest.raises(ReferFilesNotFoundError) as info:
+        ReferDataset(tmp_path, "refcocog", "umd")
+    message = str(info.value)
+    expected = [tmp_path / "refcocog" / "refs(umd).p", tmp_path / "refcocog" / "instances.json",
+                tmp_path / "images" / "mscoco" / "images" / "train2014"]
+    assert info.value.missing == expected and all(str(p) in message for p in expected)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+class Exploit:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (shutil.copy, (__file__, self.path))
+
+
+def test_malicious_pickle_is_rejected(root, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "refs(evil).p"
+    evil.write_bytes(pickle.dumps([{"ref_id": 1, "payload": Exploit(str(marker))}], protocol=2))
+    with pytest.raises(UnsafePickleError, match="shutil.copy"):
+        load_refs(evil)
+    assert not marker.exists()
+
+    bad_root = tmp_path / "data"
+    shutil.copytree(root / "synth", bad_root / "synth")
+    (bad_root / "images").mkdir()
+    (bad_root / "synth" / "refs(synth).p").write_bytes(evil.read_bytes())
+    with pytest.raises(pickle.UnpicklingError):
+        synth(bad_root)
+    assert not marker.exists()
+
+
+def test_broken_samples_are_skipped_and_counted(root, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(root, broken)
+    refs = read_refs(broken)
+    instances = json.loads((broken / "synth" / "instances.json").read_text())
+    train = [r for r in refs if r["split"] == "train" and r["ann_id"] != -1]
+    image_id = train[0]["image_id"]
+    # On one image: an annotation whose polygon has no area with a ref to it, and a whitespace sentence.
+    empty_ann = {"id": 10_000, "image_id": image_id, "category_id": 1, "segmentation": [[5.0, 5.0, 5.0, 5.0]],
+                 "area": 0.0, "bbox": [5, 5, 0, 0], "iscrowd": 0}
+    instances["annotations"].append(empty_ann)
+    blank = {"tokens": [], "raw": "   ", "sent": "   ", "sent_id": 90_001}
+    extra = [{**train[0], "ref_id": 90_000, "ann_id": 10_000, "sent_ids": [90_000],
+              "sentences": [{"tokens": ["the", "shape"], "raw": "the shape", "sent": "the shape", "sent_id": 90_000}]},
+             {**train[0], "ref_id": 90_001, "sentences": [blank], "sent_ids": [90_001]}]
+    (broken / "synth" / "refs(synth).p").write_bytes(pickle.dumps(refs + extra, protocol=2))
+    (broken / "synth" / "instances.json").write_text(json.dumps(instances))
+    # An unreadable image elsewhere: every sentence on it is skipped.
+    bad_image = next(r["image_id"] for r in train if r["image_id"] != image_id)
+    (broken / "images" / f"synth_{bad_image:06d}.png").write_bytes(b"not an image")
+
+    ds = synth(broken)
+    samples = [ds[i] for i in range(len(ds))]
+    on_bad_image = sum(len(r["sentences"]) for r in refs if r["split"] == "train" and r["image_id"] == bad_image)
+    assert ds.skipped == Counter({"unreadable_image": on_bad_image, "empty_sentence": 1, "empty_mask": 1})
+    assert samples.count(None) == on_bad_image + 2
+
+    batch = collate_samples(samples)
+    assert batch["image"].shape[0] == len(samples) - samples.count(None)
+    assert collate_samples([None, None]) is None
+
+
+def test_category_filter(root):
+    every = synth(root)
+    present = Counter(r["category_id"] for r in every.refs)
+    name = next(n for n, i in CATEGORY_IDS.items() if i == present.most_common(1)[0][0])
+    only = synth(root, categories=[name])
+    assert len(only) and all(r["category_id"] == CATEGORY_IDS[name] for r in only.refs)
+    assert len(only) == sum(len(r["sentences"]) for r in every.refs if r["category_id"] == CATEGORY_IDS[name])
+    both = synth(root, categories=[CATEGORY_IDS[name], "heart"])
+    assert {r["category_id"] for r in both.refs} <= {CATEGORY_IDS[name], CATEGORY_IDS["heart"]}
+    with pytest.raises(ValueError, match="unknown categories.*available: circle"):
+        synth(root, categories=["dog"])
+
+
+def test_coco_layout_uncompressed_rle_and_multiple_targets(tmp_path):
+    """RefCOCO naming and image folder, sentences without `kind`, and a gRefCOCO-style list of ann_ids."""
+    scene = render_scene(1, 1, 48, 64, depth=False)
+    image_dir = tmp_path / "images" / "mscoco" / "images" / "train2014"
+    image_dir.mkdir(parents=True)
+    name = "COCO_train2014_000000000042.jpg"
+    cv2.imwrite(str(image_dir / name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    first, second = scene.shapes[0].visible, scene.shapes[1].visible
+    counts = mask_utils.encode(np.asfortranarray(first.astype(np.uint8)))
+    uncompressed = {"size": [48, 64], "counts": _uncompressed_counts(first)}
+    assert np.array_equal(mask_utils.decode(counts), mask_utils.decode(mask_utils.frPyObjects(uncompressed, 48, 64)))
+    instances = {
+        "images": [{"id": 42, "file_name": name, "height": 48, "width": 64}],
+        "annotations": [{"id": 1, "image_id": 42, "category_id": 1, "segmentation": uncompressed},
+                        {"id": 2, "image_id": 42, "category_id": 1, "segmentation": {
+                            "size": [48, 64], "counts": mask_utils.encode(
+                                np.asfortranarray(second.astype(np.uint8)))["counts"].decode()}}],
+        "categories": [{"id": 1, "name": "person", "supercategory": "person"}],
+    }
+    sentence = {"tokens": ["man", "left"], "raw": "Man left", "sent": "man left", "sent_id": 7}
+    refs = [{"ref_id": 3, "ann_id": 1, "image_id": 42, "category_id": 1, "split": "testA", "sentences": [sentence],
+             "sent_ids": [7], "file_name": "COCO_train2014_000000000042_1.jpg"},
+            {"ref_id": 4, "ann_id": [1, 2], "image_id": 42, "category_id": 1, "split": "testA",
+             "sentences": [{**sentence, "sent_id": 8}], "sent_ids": [8], "file_name": name}]
+    (tmp_path / "refcoco").mkdir()
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    (tmp_path / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+    ds = ReferDataset(tmp_path, "refcoco", "unc", "testA", img_size=32, keep_original=True)
+    single, union = ds[0], ds[1]
+    assert single["kind"] == "refcoco" and single["sentence"] == "man left" and not single["no_target"]
+    assert np.array_equal(single["orig_mask"], first)
+    assert np.array_equal(union["orig_mask"], first | second)
+    assert single["orig_image"].shape == (48, 64, 3)
+
+
+def _uncompressed_counts(mask):
+    """Run lengths in column-major order, starting with a run of zeros (COCO's uncompressed RLE)."""
+    flat = mask.flatten(order="F").astype(np.int8)
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat)) + 1, [flat.size]])
+    return ([0] if flat[0] else []) + np.diff(bounds).tolist()
+
+
+def test_collate_and_dataloader(root):
+    ds = synth(root)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_samples)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (4, 3, SIZE, SIZE) and batch["mask"].shape == (4, SIZE, SIZE)
+    assert batch["no_target"].dtype == torch.bool and batch["ref_id"].dtype == torch.int64
+    assert isinstance(batch["sentence"], list) and len(batch["sentence"]) == 4
+    assert "orig_image" not in batch
