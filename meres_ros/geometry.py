@@ -1,0 +1,91 @@
+"""From a mask and a registered depth image to a 3D point in the camera frame.
+
+Depth images are noisy exactly where a grasp point matters: object borders mix
+foreground and background, and holes read as 0 or NaN. The object's depth is
+therefore the median of the valid depths inside the mask after eroding it
+away from the border (falling back to the whole mask when the object is too
+thin to survive erosion).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DepthRange:
+    min_m: float = 0.1
+    max_m: float = 10.0
+
+
+@dataclass(frozen=True)
+class PinholeCamera:
+    """The K matrix of a sensor_msgs/CameraInfo (distortion is ignored: depth is registered and rectified)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int = 0  # 0: unknown, not checked against images
+    height: int = 0
+
+    def __post_init__(self):
+        values = (self.fx, self.fy, self.cx, self.cy)
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"camera intrinsics must be finite, got fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy}")
+        if self.fx <= 0.0 or self.fy <= 0.0:
+            raise ValueError(f"focal lengths must be positive, got fx={self.fx} fy={self.fy} (uncalibrated camera?)")
+
+    @classmethod
+    def from_camera_info(cls, msg) -> "PinholeCamera":
+        k = list(msg.k)
+        if len(k) != 9:
+            raise ValueError(f"CameraInfo.k must have 9 entries, got {len(k)}")
+        return cls(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]),
+                   width=int(msg.width), height=int(msg.height))
+
+    def check_matches(self, height: int, width: int) -> None:
+        if self.width and self.height and (self.width, self.height) != (width, height):
+            raise ValueError(f"CameraInfo is for {self.width}x{self.height} images, the image is {width}x{height}")
+
+    def deproject(self, u: float, v: float, depth_m: float) -> tuple[float, float, float]:
+        """Pixel (u, v) at depth z (m, along the optical axis) -> (x, y, z) in the optical frame (REP 103: x right, y down, z forward)."""
+        return ((u - self.cx) * depth_m / self.fx, (v - self.cy) * depth_m / self.fy, depth_m)
+
+
+def depth_to_meters(depth: np.ndarray, depth_scale: float) -> np.ndarray:
+    """uint16 depth (x depth_scale, e.g. 0.001 for mm) or float depth in m -> float32 m; invalid (0, NaN, inf) -> NaN."""
+    if depth.ndim != 2:
+        raise ValueError(f"depth must be a single-channel (H, W) image, got shape {depth.shape}")
+    if np.issubdtype(depth.dtype, np.integer):
+        if not (math.isfinite(depth_scale) and depth_scale > 0.0):
+            raise ValueError(f"depth_scale must be positive, got {depth_scale}")
+        meters = depth.astype(np.float32) * np.float32(depth_scale)
+    else:
+        meters = depth.astype(np.float32, copy=True)
+    meters[~np.isfinite(meters) | (meters <= 0.0)] = np.nan
+    return meters
+
+
+def robust_depth(depth_m: np.ndarray, mask: np.ndarray, depth_range: DepthRange = DepthRange(),
+                 erosion_px: int = 2, min_valid_pixels: int = 5) -> Optional[float]:
+    """Median depth (m) of the valid pixels in `mask`, None when fewer than `min_valid_pixels` are valid."""
+    if depth_m.shape != mask.shape:
+        raise ValueError(f"depth {depth_m.shape[1]}x{depth_m.shape[0]} does not match mask {mask.shape[1]}x{mask.shape[0]} "
+                         "(depth must be registered to the color image)")
+    mask = mask.astype(bool)
+    valid = np.isfinite(depth_m) & (depth_m >= depth_range.min_m) & (depth_m <= depth_range.max_m)
+    candidates = []
+    if erosion_px > 0:
+        kernel = np.ones((2 * erosion_px + 1, 2 * erosion_px + 1), np.uint8)
+        candidates.append(cv2.erode(mask.astype(np.uint8), kernel).astype(bool))
+    candidates.append(mask)
+    for region in candidates:
+        values = depth_m[region & valid]
+        if values.size >= min_valid_pixels:
+            return float(np.median(values))
+    return None
