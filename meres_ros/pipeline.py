@@ -1,0 +1,183 @@
+"""The frame -> targets step shared by the node, `meres-replay` and `meres-demo`.
+
+Everything here is ROS-free: numpy in, plain data out. The node turns a
+`Target` into messages, replay and the demo turn it into files and lines.
+"""
+from __future__ import annotations
+
+import gc
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import numpy as np
+
+from meres_core.visualize import draw_overlay
+from meres_ros.geometry import DepthRange, PinholeCamera, depth_to_meters, robust_depth
+
+if TYPE_CHECKING:  # meres_core pulls in torch: imported when a model is loaded, not before
+    from meres_core.inference import SegmentationResult, Segmenter
+
+EXPRESSION_SEPARATOR = ";"
+# A sentence longer than this is not a referring expression but a pasted document;
+# the text encoder would only read its first tokens anyway.
+MAX_EXPRESSION_CHARS = 1000
+
+
+def parse_expressions(text: str, max_expressions: int = 8) -> list[str]:
+    """'the red mug; the laptop' -> ['the red mug', 'the laptop'] (empty pieces dropped).
+
+    Raises ValueError for text with no expression in it (whitespace only) and
+    for more than `max_expressions` expressions, which would make one frame's
+    batch unboundedly large.
+    """
+    expressions = [part.strip()[:MAX_EXPRESSION_CHARS] for part in text.split(EXPRESSION_SEPARATOR)]
+    expressions = [e for e in expressions if e]
+    if not expressions and text:
+        raise ValueError(f"no expression in {text[:40]!r} (whitespace only); publish an empty string to clear the target")
+    if len(expressions) > max_expressions:
+        raise ValueError(f"{len(expressions)} expressions in one message, at most {max_expressions} (parameter max_expressions)")
+    return expressions
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: a checkpoint (path or name such as 'demo'), or a preset with random weights."""
+
+    checkpoint: str = "demo"
+    preset: str = ""  # when set: random weights of this preset (tests, bring-up), `checkpoint` ignored
+    seed: int = 0  # seeds the random weights of `preset`, so two processes build the same model
+    device: str = "auto"
+    precision: str = "auto"
+
+    def describe(self) -> str:
+        origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
+        return f"{origin} on device={self.device} precision={self.precision}"
+
+
+def load_segmenter(source: ModelSource, mask_threshold: float, presence_threshold: float) -> "Segmenter":
+    from meres_core.inference import Segmenter
+
+    if source.preset:
+        segmenter = Segmenter.from_preset(source.preset, seed=source.seed, device=source.device, precision=source.precision)
+    else:
+        segmenter = Segmenter.from_checkpoint(source.checkpoint, device=source.device, precision=source.precision)
+    segmenter.mask_threshold = mask_threshold
+    segmenter.presence_threshold = presence_threshold
+    return segmenter
+
+
+def release_memory() -> None:
+    """Give a dropped model's memory back (the caching allocator keeps GPU memory otherwise)."""
+    gc.collect()
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class DepthSettings:
+    scale: float = 0.001  # metres per unit of an integer depth image (0.001: millimetres)
+    depth_range: DepthRange = DepthRange()
+    erosion_px: int = 2
+
+
+@dataclass
+class Target:
+    """One expression on one frame: the model's answer plus where it is in 3D."""
+
+    segmentation: "SegmentationResult"
+    depth_m: Optional[float] = None  # robust object depth; None: no valid depth or camera
+    point_3d: Optional[tuple[float, float, float]] = None  # metres, camera optical frame
+
+    @property
+    def expression(self) -> str:
+        return self.segmentation.expression
+
+    @property
+    def found(self) -> bool:
+        return bool(self.segmentation.found)
+
+    @property
+    def score(self) -> float:
+        return float(self.segmentation.score)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Boolean (H, W); all False when the target is absent."""
+        if self.found:
+            return self.segmentation.mask
+        return np.zeros_like(self.segmentation.mask, dtype=bool)
+
+    @property
+    def bbox(self) -> Optional[tuple[int, int, int, int]]:
+        return self.segmentation.bbox if self.found else None
+
+    @property
+    def pixel_centroid(self) -> Optional[tuple[float, float]]:
+        return self.segmentation.centroid if self.found else None
+
+
+@dataclass
+class Frame:
+    """A frame's inputs in numpy form; depth and camera are optional and already checked against `rgb`."""
+
+    rgb: np.ndarray
+    depth_m: Optional[np.ndarray] = None
+    camera: Optional[PinholeCamera] = None
+
+
+def prepare_depth(rgb_shape: Sequence[int], depth: np.ndarray, scale: float) -> np.ndarray:
+    """Raw depth array -> metres, checked to be registered to the color image."""
+    meters = depth_to_meters(depth, scale)
+    if meters.shape != tuple(rgb_shape[:2]):
+        raise ValueError(f"depth is {meters.shape[1]}x{meters.shape[0]} but color is {rgb_shape[1]}x{rgb_shape[0]}: "
+                         "depth must be registered to the color image")
+    return meters
+
+
+def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[str],
+                  depth_settings: DepthSettings = DepthSettings()) -> list[Target]:
+    """All expressions in one batched `segment` call, then 3D where depth and camera allow."""
+    results = segmenter.segment(frame.rgb, list(expressions))
+    targets = [Target(result) for result in results]
+    if frame.depth_m is None or frame.camera is None:
+        return targets
+    for target in targets:
+        centroid = target.pixel_centroid
+        if centroid is None:
+            continue
+        target.depth_m = robust_depth(frame.depth_m, target.mask, depth_settings.depth_range, depth_settings.erosion_px)
+        if target.depth_m is not None:
+            target.point_3d = frame.camera.deproject(centroid[0], centroid[1], target.depth_m)
+    return targets
+
+
+def inference_ms(targets: Sequence[Target]) -> float:
+    """Model time of one frame's batch (every result of a batch reports the same call)."""
+    return max((float(t.segmentation.timings_ms.get("total", 0.0)) for t in targets), default=0.0)
+
+
+def render_overlay(rgb: np.ndarray, targets: Sequence[Target]) -> np.ndarray:
+    """RGB debug image: each found target's mask tinted, with its box, centroid and caption."""
+    return draw_overlay(rgb, [target.segmentation for target in targets])
+
+
+def _finite_or_none(value: Optional[float]) -> Optional[float]:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def target_to_dict(target: Target) -> dict:
+    """JSON-ready summary of a target (no mask: masks go to PNG files)."""
+    return {
+        "expression": target.expression,
+        "found": target.found,
+        "score": round(target.score, 4),
+        "bbox": list(target.bbox) if target.bbox is not None else None,
+        "centroid_px": [round(c, 2) for c in target.pixel_centroid] if target.pixel_centroid is not None else None,
+        "depth_m": _finite_or_none(target.depth_m),
+        "centroid_3d_m": [round(c, 4) for c in target.point_3d] if target.point_3d is not None else None,
+        "timings_ms": {k: round(float(v), 2) for k, v in target.segmentation.timings_ms.items()},
+    }
