@@ -121,11 +121,26 @@ def image_to_numpy(msg) -> np.ndarray:
     return pixels.reshape(shape)
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """A color or grayscale Image -> RGB uint8 (H, W, 3), what `Segmenter` takes."""
+def check_color_image(msg) -> None:
+    """Validate an Image meant as color input without converting its pixels (cheap: for callbacks)."""
     encoding = str(msg.encoding)
     if encoding in ENCODINGS and encoding not in COLOR_ENCODINGS:
         raise ValueError(f"{encoding} is a depth encoding, not a color image (expected one of {', '.join(COLOR_ENCODINGS)})")
+    check_image(msg)
+
+
+def check_depth_image(msg) -> None:
+    """Validate an Image meant as depth input without converting its pixels."""
+    encoding = str(msg.encoding)
+    if encoding not in DEPTH_ENCODINGS:
+        raise ValueError(f"depth must be one of {', '.join(DEPTH_ENCODINGS)}, got {encoding!r}")
+    check_image(msg)
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """A color or grayscale Image -> RGB uint8 (H, W, 3), what `Segmenter` takes."""
+    check_color_image(msg)
+    encoding = str(msg.encoding)
     pixels = image_to_numpy(msg)
     if encoding == "rgb8":
         return np.ascontiguousarray(pixels)
@@ -140,9 +155,7 @@ def image_to_rgb(msg) -> np.ndarray:
 
 def image_to_depth(msg) -> np.ndarray:
     """A depth Image -> (H, W) array: uint16 (16UC1 / mono16, usually mm) or float32 (32FC1, m)."""
-    encoding = str(msg.encoding)
-    if encoding not in DEPTH_ENCODINGS:
-        raise ValueError(f"depth must be one of {', '.join(DEPTH_ENCODINGS)}, got {encoding!r}")
+    check_depth_image(msg)
     return image_to_numpy(msg)
 
 

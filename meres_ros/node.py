@@ -58,7 +58,7 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import String
 
-from meres_ros.conversions import check_image, image_to_depth, image_to_rgb, numpy_to_image
+from meres_ros.conversions import check_color_image, check_depth_image, image_to_depth, image_to_rgb, numpy_to_image
 from meres_ros.geometry import DepthRange, PinholeCamera
 from meres_ros.pipeline import (
     MAX_EXPRESSION_CHARS,
@@ -486,6 +486,11 @@ class MeresNode(LifecycleNode):
 
     def _on_image(self, msg: Image) -> None:
         self._stats["received"] += 1
+        try:
+            check_color_image(msg)  # here, not in the worker: it sees only the frames it has time for
+        except ValueError as error:
+            self._problems.report("image", f"color image dropped: {error}")
+            return
         stamp = stamp_ns(msg.header.stamp)
         if self._last_color_stamp is not None and stamp < self._last_color_stamp:
             # A bag restarted or the clock was reset: older depth would match nothing sensible.
@@ -499,7 +504,7 @@ class MeresNode(LifecycleNode):
     def _on_depth(self, msg: Image) -> None:
         self._stats["depth_received"] += 1
         try:
-            check_image(msg)
+            check_depth_image(msg)
         except ValueError as error:
             self._problems.report("depth", f"depth image dropped: {error}")
             return
@@ -552,6 +557,12 @@ class MeresNode(LifecycleNode):
             self._problems.report("inference", f"segmentation refused: {error}")
             return
         self._stats["segmented"] += 1
+        if frame.depth_m is not None:
+            for target in targets:
+                if target.pixel_centroid is not None and target.point_3d is None:
+                    self._problems.report("depth", f"no valid depth inside the mask of {target.expression[:40]!r} "
+                                                   f"(NaN, 0 or outside [{settings.depth.depth_range.min_m:g}, "
+                                                   f"{settings.depth.depth_range.max_m:g}] m): centroid in pixels")
         self._publish(msg.header, frame, targets, settings)
 
     def _attach_depth(self, frame: Frame, msg: Image, settings: LiveSettings) -> None:
@@ -570,6 +581,10 @@ class MeresNode(LifecycleNode):
         try:
             camera = PinholeCamera.from_camera_info(info_msg)
             camera.check_matches(*frame.rgb.shape[:2])
+        except ValueError as error:
+            self._problems.report("camera_info", f"no 3D centroid for this frame: {error}")
+            return
+        try:
             depth_m = prepare_depth(frame.rgb.shape, image_to_depth(depth_msg), settings.depth.scale)
         except ValueError as error:
             self._problems.report("depth", f"no 3D centroid for this frame: {error}")

@@ -34,7 +34,8 @@ def parse_expressions(text: str, max_expressions: int = 8) -> list[str]:
     expressions = [part.strip()[:MAX_EXPRESSION_CHARS] for part in text.split(EXPRESSION_SEPARATOR)]
     expressions = [e for e in expressions if e]
     if not expressions and text:
-        raise ValueError(f"no expression in {text[:40]!r} (whitespace only); publish an empty string to clear the target")
+        raise ValueError(f"no expression in {text[:40]!r} (only separators and whitespace); "
+                         "publish an empty string to clear the target")
     if len(expressions) > max_expressions:
         raise ValueError(f"{len(expressions)} expressions in one message, at most {max_expressions} (parameter max_expressions)")
     return expressions
