@@ -80,6 +80,7 @@ class ModelConfig:
     decoder_dims: list[int] = field(default_factory=lambda: [256, 128, 64, 64])  # F4..F1 stages
     contrastive_loss: bool = True  # Table 4(e)
     contrastive_weight: float = 0.1  # lambda in L = BCE + lambda * L_c
+    dice_weight: float = 0.0  # not in the paper; see losses.dice
 
 
 @dataclass

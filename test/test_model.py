@@ -35,6 +35,13 @@ def test_presets_are_listed():
     assert {"paper", "paper_clip", "demo", "tiny"} <= set(available_presets())
 
 
+def test_dice_term_is_a_config_switch():
+    cfg = load_config("tiny", overrides={"model": {"dice_weight": 0.5}})
+    torch.manual_seed(0)
+    _, losses = forward_backward(MERES(cfg.model), cfg.model.vision.img_size)
+    torch.testing.assert_close(losses["loss"], losses["bce"] + 0.5 * losses["dice"] + 0.1 * losses["contrastive"])
+
+
 def test_unknown_config_key_is_rejected():
     with pytest.raises(ValueError, match="unknown ModelConfig keys: bogus"):
         load_config("tiny", overrides={"model": {"bogus": 1}})

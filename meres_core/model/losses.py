@@ -15,10 +15,27 @@ def downsample_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (area >= 0.5).float()
 
 
+def upsample_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, h, w) -> (B, H, W): losses are computed at the mask's resolution, as in LAVT."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
 def segmentation_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """logits (B, 1, h, w) upsampled to the mask (B, H, W), as LAVT computes its loss."""
-    logits = F.interpolate(logits, size=mask.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    """The paper's loss (Sec. 3.3). logits (B, H, W) at the mask resolution."""
     return F.binary_cross_entropy_with_logits(logits, mask.float())
+
+
+def dice(logits: torch.Tensor, mask: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """Soft Dice loss per sample, averaged (Mask2Former's mask loss beside BCE).
+
+    Not in the paper (weight 0 in `paper`): it counters the small-object imbalance that
+    makes a from-scratch model predict all background for long (the `demo` preset).
+    An empty target gives a loss that falls as the prediction empties.
+    """
+    prob = torch.sigmoid(logits).flatten(1)
+    target = mask.flatten(1).float()
+    inter = (prob * target).sum(1)
+    return (1 - (2 * inter + eps) / (prob.sum(1) + target.sum(1) + eps)).mean()
 
 
 def pixel_contrastive(relevance_cls: torch.Tensor, tau: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from .attention import CrossAttentionBlock
 from .decoder import SegmentationDecoder
 from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
-from .losses import downsample_mask, pixel_contrastive, segmentation_bce
+from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, upsample_logits
 
 
 @dataclass
@@ -97,14 +97,18 @@ class MERES(nn.Module):
         return self.decode(self.encode_image(images), text, valid)
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3)."""
-        bce = segmentation_bce(out.logits, masks)
+        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]."""
+        logits = upsample_logits(out.logits, masks.shape[-2:])
+        bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
+        if self.cfg.dice_weight:
+            losses["dice"] = dice(logits, masks)
+            losses["loss"] = losses["loss"] + self.cfg.dice_weight * losses["dice"]
         if self.cfg.contrastive_loss and out.relevance is not None:
             positives = downsample_mask(masks, out.feature_size).flatten(1)  # Z+ (B, N)
             contrastive = pixel_contrastive(out.relevance[:, 0], out.tau, positives)
             losses["contrastive"] = contrastive
-            losses["loss"] = bce + self.cfg.contrastive_weight * contrastive
+            losses["loss"] = losses["loss"] + self.cfg.contrastive_weight * contrastive
         return losses
 
 
