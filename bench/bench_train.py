@@ -1,0 +1,87 @@
+"""Training throughput per preset (samples/s), JSON on stdout.
+
+Runs the trainer's own step (forward, losses, backward, clipping, AdamW, scheduler) on
+batches of synthetic scenes generated into a temporary folder, and times the data
+loading separately:
+  - step_samples_per_s: optimizer steps on batches already in memory (median step),
+  - loader_samples_per_s: reading, decoding and resizing samples (one process),
+  - end_to_end_samples_per_s: both, serially (the num_workers=0 bound).
+
+    python bench/bench_train.py [--presets tiny demo] [--batch-size 8] [--steps 5] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from meres_core.data.synthetic import generate
+from training.config import load_train_config
+from training.train import Runtime, Trainer
+
+SYNTHETIC_IMAGES = 12  # enough sentences for a few batches of 8
+
+
+def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, device: torch.device) -> dict:
+    cfg = load_train_config(None, {
+        "preset": preset, "batch_size": batch_size, "device": device.type,
+        "data": {"root": str(data_root), "dataset": "synth", "split_by": "synth", "val_split": "train",
+                 "num_workers": 0},
+        "optim": {"lr": 1.0e-4, "clip_grad_norm": 1.0},
+        "out_dir": str(data_root / f"run_{preset}"),
+    })
+    trainer = Trainer(cfg, Runtime(rank=0, world_size=1, device=device))
+    trainer.model.train()
+    loader = iter(trainer.loader)
+
+    start = time.perf_counter()
+    batches = [next(loader) for _ in range(steps + 1)]
+    loading = (time.perf_counter() - start) / (steps + 1)
+
+    trainer.train_step([batches[0]])  # warm-up: allocator, first-call overheads
+    times = []
+    for batch in batches[1:]:
+        start = time.perf_counter()
+        trainer.train_step([batch])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    return {
+        "preset": preset, "img_size": trainer.model_cfg.model.vision.img_size, "batch_size": batch_size,
+        "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "step_ms": round(step * 1000, 1),
+        "step_samples_per_s": round(batch_size / step, 2),
+        "loader_samples_per_s": round(batch_size / loading, 2),
+        "end_to_end_samples_per_s": round(batch_size / (step + loading), 2),
+    }
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "demo"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per preset (median reported)")
+    parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory(prefix="meres_bench_train_") as tmp:
+        generate(tmp, SYNTHETIC_IMAGES, seed=0, depth=False, split_fractions=(1.0, 0.0, 0.0))
+        results = [bench_preset(p, Path(tmp), args.batch_size, args.steps, device) for p in args.presets]
+    print(json.dumps({
+        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(), "results": results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""training/: a tiny run learns, a SIGKILLed run resumes to the same weights, DDP runs,
+and evaluate writes its JSON, table and PR curve.
+
+The data is one synthetic scene (14 sentences, no absent ones) at 96x128: the `tiny`
+preset (random text encoder too) memorizes it within ~150 steps, so "learns" is checked
+with wide margins, and all runs are deterministic on CPU with one thread.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from meres_core.checkpoint import load_checkpoint
+from meres_core.config import load_config, merge
+from meres_core.data.refer import ReferDataset
+from meres_core.data.synthetic import generate
+from meres_core.model.meres import MERES
+from training import evaluate, train
+from training.config import load_train_config, parse_overrides
+from training.data import ResumableSampler
+
+LEARN_STEPS = 200
+IMG_SIZE = 64  # the tiny preset's input
+
+
+def write_config(path: Path, data_root: Path, out_dir: Path, **overrides) -> Path:
+    cfg = {
+        "preset": "tiny",
+        "data": {"root": str(data_root), "dataset": "synth", "split_by": "synth", "val_split": "train",
+                 "num_workers": 0},
+        "optim": {"lr": 2.0e-3, "warmup_steps": 10, "weight_decay": 0.0, "clip_grad_norm": 1.0},
+        "eval": {"resolution": "input", "overlays": 1},
+        "epochs": 1000, "batch_size": 8, "out_dir": str(out_dir), "device": "cpu", "cpu_threads": 1,
+    }
+    path.write_text(yaml.safe_dump(merge(cfg, overrides)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, 1, seed=0, height=96, width=128, depth=False, absent_fraction=0.0, split_fractions=(1, 0, 0))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, scene_root):
+    """A tiny model trained LEARN_STEPS steps in-process (validation on the training scene at the end)."""
+    tmp = tmp_path_factory.mktemp("learn")
+    config = write_config(tmp / "cfg.yaml", scene_root, tmp / "run", max_steps=LEARN_STEPS,
+                          eval={"every_steps": LEARN_STEPS}, checkpoint_every=LEARN_STEPS)
+    threads = torch.get_num_threads()
+    try:
+        train.main(["--config", str(config)])
+    finally:
+        torch.set_num_threads(threads)
+    return tmp / "run"
+
+
+def scalars(run: Path, tag: str) -> list[float]:
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+# ------------------------------------------------------------------------------ pieces
+
+
+def test_overrides_parse_as_yaml_and_reject_unknown_keys():
+    cfg = load_train_config(None, parse_overrides(["optim.lr=1e-4", "model.guidance=le", "max_steps=3"]))
+    assert cfg.optim.lr == 1e-4 and cfg.max_steps == 3
+    assert cfg.model_config().model.guidance == "le"
+    with pytest.raises(ValueError, match="unknown OptimConfig keys: lr_typo"):
+        load_train_config(None, parse_overrides(["optim.lr_typo=1"]))
+
+
+def test_lr_schedule_warmup_then_polynomial_decay():
+    assert train.lr_factor(0, 100, 10, 0.9) == pytest.approx(0.1)
+    assert train.lr_factor(9, 100, 10, 0.9) == pytest.approx(1.0)
+    assert train.lr_factor(50, 100, 0, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert train.lr_factor(100, 100, 0, 0.9) == 0.0
+
+
+def test_parameter_groups_split_encoders_heads_and_decay():
+    cfg = load_train_config(None, {"preset": "tiny", "optim": {"lr": 1.0, "backbone_lr_mult": 0.1}})
+    model = MERES(load_config("tiny").model)
+    groups = {g["name"]: g for g in train.parameter_groups(model, cfg)}
+    assert set(groups) == {"encoder", "encoder_no_decay", "head", "head_no_decay"}
+    assert groups["encoder"]["lr"] == pytest.approx(0.1) and groups["head"]["lr"] == 1.0
+    no_decay = {id(p) for g in groups.values() if g["weight_decay"] == 0.0 for p in g["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in no_decay}
+    assert any(n.endswith("relative_position_bias_table") for n in names)
+    assert all(p.ndim <= 1 or n.endswith("relative_position_bias_table") for n, p in model.named_parameters()
+               if n in names)
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_frozen_text_encoder_is_left_out_of_the_optimizer():
+    cfg = load_train_config(None, {"preset": "tiny", "model": {"text": {"freeze": True}}})
+    model = MERES(cfg.model_config().model)
+    optimized = {id(p) for g in train.parameter_groups(model, cfg) for p in g["params"]}
+    assert not any(id(p) in optimized for p in model.text.model.parameters())
+
+
+def test_resumable_sampler_continues_the_same_order():
+    data = list(range(37))
+    full = ResumableSampler(data, num_replicas=2, rank=1, seed=3)
+    full.set_epoch(4)
+    part = ResumableSampler(data, num_replicas=2, rank=1, seed=3)
+    part.set_epoch(4, start=5)
+    assert list(part) == list(full)[5:] and len(part) == len(full) - 5
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def test_tiny_run_learns(trained, scene_root):
+    losses = scalars(trained, "train/loss")
+    assert len(losses) == LEARN_STEPS
+    first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
+    assert last < 0.5 * first, (first, last)
+
+    val = load_checkpoint(trained / "best.pt")["metadata"]["val"]
+    masks = torch.stack([s["mask"] for s in ReferDataset(scene_root, "synth", "synth", "train",
+                                                         img_size=IMG_SIZE)])
+    all_foreground_oiou = float(masks.sum() / masks.numel())  # all-background: 0
+    all_foreground_miou = float(masks.flatten(1).mean(1).mean())
+    assert val["oIoU"] > max(0.5, 5 * all_foreground_oiou), (val["oIoU"], all_foreground_oiou)
+    assert val["mIoU"] > max(0.35, 5 * all_foreground_miou), (val["mIoU"], all_foreground_miou)
+    assert scalars(trained, "val/oIoU")[-1] == pytest.approx(val["oIoU"])
+
+
+def run(command: list[str], timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run in a new session so that a timeout also ends the children (torchrun's workers)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def run_train(config: Path, *extra: str) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "training.train", "--config", str(config), *extra])
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, scene_root):
+    """12 steps straight vs killed (SIGKILL) after a mid-epoch checkpoint, then --resume.
+
+    batch 4 over 14 sentences: 3 steps per epoch, checkpoints every 2 steps and at epoch
+    ends, validation at epoch ends; the kill comes after the first checkpoint at step >= 4
+    (step 4 is mid-epoch 1). Tolerance: identical within 1e-6 (same CPU, one thread).
+    """
+    settings = dict(max_steps=12, batch_size=4, checkpoint_every=2)
+    straight = write_config(tmp_path / "straight.yaml", scene_root, tmp_path / "straight", **settings)
+    interrupted = write_config(tmp_path / "interrupted.yaml", scene_root, tmp_path / "interrupted", **settings)
+    assert run_train(straight).returncode == 0
+    # Popen directly: the kill must come while the run is still going.
+
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--config", str(interrupted)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed_after = None
+    for line in proc.stderr:
+        saved = re.search(r"saved latest\.pt at step (\d+)", line)
+        if saved and int(saved[1]) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            killed_after = int(saved[1])
+            break
+    proc.wait(timeout=60)
+    assert killed_after is not None and proc.returncode == -signal.SIGKILL
+
+    resumed = run_train(interrupted, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    start = int(re.search(r"resumed from .* at step (\d+)", resumed.stderr)[1])
+    assert killed_after <= start < 12  # really resumed part-way
+
+    a = load_checkpoint(tmp_path / "straight" / "latest.pt")
+    b = load_checkpoint(tmp_path / "interrupted" / "latest.pt")
+    assert a["training_state"]["step"] == b["training_state"]["step"] == 12
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, atol=1e-6, rtol=0, msg=key)
+    assert a["metadata"]["val"]["oIoU"] == pytest.approx(b["metadata"]["val"]["oIoU"], abs=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_runs_steps(tmp_path, scene_root):
+    config = write_config(tmp_path / "ddp.yaml", scene_root, tmp_path / "ddp", max_steps=2, accumulation=2,
+                          eval={"overlays": 0})  # 2 ranks x 2 micro-batches of 2: covers no_sync
+    proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(free_port()), "-m", "training.train", "--config", str(config)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "ddp" / "latest.pt")["training_state"]
+    assert state["step"] == 2 and state["world_size"] == 2
+    assert len(state["rng"]) == 2  # every rank's RNG state, for an exact resume
+
+
+def test_evaluate_writes_json_table_and_pr_curve(trained, tmp_path, capsys):
+    # A scene set with absent sentences, passed on the command line (the checkpoint names another).
+    data = tmp_path / "eval_data"
+    generate(data, 2, seed=5, height=96, width=128, depth=False, absent_fraction=0.3, split_fractions=(0, 1, 0))
+    out = tmp_path / "eval"
+    report = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--data-root", str(data),
+                            "--num-workers", "0", "--out", str(out)])
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["resolution"] == "original" and saved["dataset"] == "synth"
+    for key in ("oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9", "auc_pr"):
+        assert 0.0 <= saved[key] <= 1.0
+    assert "absent" in saved["by_kind"] and saved["found_counts"]["absent"] > 0
+    assert 0.0 <= saved["found_accuracy"]["absent"] <= 1.0
+    assert saved["n"] == report["n"] > 0
+    assert (out / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"^mIoU\s+MERES \(tiny\)", printed, re.M) and re.search(r"^oIoU\s+MERES", printed, re.M)
+    assert "resolution: original" in printed
+
+    at_input = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--data-root", str(data),
+                              "--num-workers", "0", "--out", str(tmp_path / "eval_input"), "--resolution", "input"])
+    assert at_input["resolution"] == "input" and at_input["n"] == saved["n"]

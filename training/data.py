@@ -1,0 +1,70 @@
+"""Datasets and samplers shared by train.py, evaluate.py and ablate.py."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from pathlib import Path
+from typing import Optional
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from meres_core.data.refer import ReferDataset, collate_samples
+from meres_core.data.synthetic import generate
+
+from .config import DataConfig
+
+log = logging.getLogger(__name__)
+
+
+def ensure_synthetic(data: DataConfig) -> None:
+    """Generate the configured synthetic dataset under `data.root` unless it is already there.
+
+    Call on one process only (rank 0, before the others read it).
+    """
+    if data.synthetic is None:
+        return
+    refs = Path(data.root) / data.dataset / f"refs({data.split_by}).p"
+    if refs.is_file():
+        return
+    log.info("generating %d synthetic images under %s", data.synthetic.num_images, data.root)
+    generate(data.root, **dataclasses.asdict(data.synthetic))
+
+
+def make_dataset(data: DataConfig, split: str, img_size: int, keep_original: bool = False,
+                 limit: Optional[int] = None, categories: Optional[list[str]] = None) -> Dataset:
+    """A REFER split; `limit` keeps the first N samples (fixed, so periodic validation is comparable)."""
+    dataset = ReferDataset(data.root, dataset=data.dataset, split_by=data.split_by, split=split,
+                           image_root=data.image_root, img_size=img_size, categories=categories,
+                           keep_original=keep_original)
+    if limit is not None and limit < len(dataset):
+        return Subset(dataset, range(limit))
+    return dataset
+
+
+def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_samples)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that can start part-way into an epoch.
+
+    The order of an epoch depends only on (seed, epoch), as in DistributedSampler; skipping
+    the first `start` indices of this rank's share resumes exactly where a run stopped,
+    without loading the skipped samples.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
