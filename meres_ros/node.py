@@ -36,7 +36,7 @@ import signal
 import threading
 import time
 import traceback
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
@@ -58,21 +58,24 @@ from rclpy.qos import (
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import String
 
-from meres_ros.conversions import check_color_image, check_depth_image, image_to_depth, image_to_rgb, numpy_to_image
+from meres_ros.conversions import check_color_image, check_depth_image, image_to_rgb, numpy_to_image
 from meres_ros.geometry import DepthRange, PinholeCamera
 from meres_ros.pipeline import (
     MAX_EXPRESSION_CHARS,
     DepthSettings,
     Frame,
+    InputError,
     ModelSource,
+    StampBuffer,
     Target,
+    depth_and_camera,
     inference_ms,
     load_segmenter,
     parse_expressions,
-    prepare_depth,
     release_memory,
     render_overlay,
     segment_frame,
+    stamp_ns,
 )
 
 NODE_NAME = "meres"
@@ -97,10 +100,6 @@ def result_message_types():
     except ImportError:
         return None
     return ReferringSegmentation, ReferringSegmentationArray
-
-
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class ProblemLog:
@@ -158,29 +157,6 @@ class LatestSlot:
     def wake(self) -> None:
         with self._condition:
             self._condition.notify_all()
-
-
-class StampBuffer:
-    """The last few messages of a topic, looked up by nearest header stamp."""
-
-    def __init__(self, length: int = STAMP_BUFFER_LENGTH):
-        self._items: deque[tuple[int, object]] = deque(maxlen=length)
-        self._lock = threading.Lock()
-
-    def add(self, msg) -> None:
-        with self._lock:
-            self._items.append((stamp_ns(msg.header.stamp), msg))
-
-    def nearest(self, stamp: int, tolerance_ns: int):
-        with self._lock:
-            best = min(self._items, key=lambda item: abs(item[0] - stamp), default=None)
-        if best is None or abs(best[0] - stamp) > tolerance_ns:
-            return None
-        return best[1]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
 
 
 @dataclass(frozen=True)
@@ -276,8 +252,8 @@ class MeresNode(LifecycleNode):
         self._expressions: list[str] = []
         self._expressions_lock = threading.Lock()
         self._frames = LatestSlot()
-        self._depths = StampBuffer()
-        self._camera_infos = StampBuffer()
+        self._depths = StampBuffer(STAMP_BUFFER_LENGTH)
+        self._camera_infos = StampBuffer(STAMP_BUFFER_LENGTH)
         self._last_color_stamp: Optional[int] = None
         self._worker: Optional[threading.Thread] = None
         self._stop_worker = threading.Event()
@@ -579,17 +555,9 @@ class MeresNode(LifecycleNode):
                                           "frame: centroid without metric depth")
             return
         try:
-            camera = PinholeCamera.from_camera_info(info_msg)
-            camera.check_matches(*frame.rgb.shape[:2])
-        except ValueError as error:
-            self._problems.report("camera_info", f"no 3D centroid for this frame: {error}")
-            return
-        try:
-            depth_m = prepare_depth(frame.rgb.shape, image_to_depth(depth_msg), settings.depth.scale)
-        except ValueError as error:
-            self._problems.report("depth", f"no 3D centroid for this frame: {error}")
-            return
-        frame.depth_m, frame.camera = depth_m, camera
+            frame.depth_m, frame.camera = depth_and_camera(frame.rgb.shape, depth_msg, info_msg, settings.depth.scale)
+        except InputError as error:
+            self._problems.report(error.kind, f"no 3D centroid for this frame: {error}")
 
     # Output ------------------------------------------------------------------------------
 

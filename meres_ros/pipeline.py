@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import gc
 import math
+import threading
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
 from meres_core.visualize import draw_overlay
+from meres_ros.conversions import image_to_depth
 from meres_ros.geometry import DepthRange, PinholeCamera, depth_to_meters, robust_depth
 
 if TYPE_CHECKING:  # meres_core pulls in torch: imported when a model is loaded, not before
@@ -137,6 +140,54 @@ def prepare_depth(rgb_shape: Sequence[int], depth: np.ndarray, scale: float) -> 
         raise ValueError(f"depth is {meters.shape[1]}x{meters.shape[0]} but color is {rgb_shape[1]}x{rgb_shape[0]}: "
                          "depth must be registered to the color image")
     return meters
+
+
+class InputError(ValueError):
+    """Unusable input, with the kind of input it was ("depth", "camera_info", ...) for the logs."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def depth_and_camera(rgb_shape: Sequence[int], depth_msg, camera_info_msg, scale: float) -> tuple[np.ndarray, PinholeCamera]:
+    """A depth Image and a CameraInfo matched to a color frame -> (depth in metres, camera), checked against it."""
+    try:
+        camera = PinholeCamera.from_camera_info(camera_info_msg)
+        camera.check_matches(*rgb_shape[:2])
+    except ValueError as error:
+        raise InputError("camera_info", str(error)) from None
+    try:
+        return prepare_depth(rgb_shape, image_to_depth(depth_msg), scale), camera
+    except ValueError as error:
+        raise InputError("depth", str(error)) from None
+
+
+def stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class StampBuffer:
+    """The last messages of a topic, looked up by nearest header stamp (thread-safe)."""
+
+    def __init__(self, length: int):
+        self._items: deque[tuple[int, object]] = deque(maxlen=length)
+        self._lock = threading.Lock()
+
+    def add(self, msg) -> None:
+        with self._lock:
+            self._items.append((stamp_ns(msg.header.stamp), msg))
+
+    def nearest(self, stamp: int, tolerance_ns: int):
+        with self._lock:
+            best = min(self._items, key=lambda item: abs(item[0] - stamp), default=None)
+        if best is None or abs(best[0] - stamp) > tolerance_ns:
+            return None
+        return best[1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
 
 
 def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[str],
