@@ -114,6 +114,7 @@ class Answer:
     results: object = None  # meres_ros_interfaces/ReferringSegmentationArray, when built
     latency_s: float = 0.0  # from publishing the frame to receiving its mask
     header: Optional[Header] = None
+    debug_image: Optional[Image] = None  # rgb8 overlay, when the client asked for it
 
     @property
     def found(self) -> bool:
@@ -129,11 +130,14 @@ class MeresClient:
 
     def __init__(self, context=None, node_name: str = NODE_NAME, name: Optional[str] = None,
                  image_topic: str = "image", depth_topic: str = "depth", camera_info_topic: str = "camera_info",
-                 expression_topic: str = "/referring_expression", image_qos: QoSProfile = qos_profile_sensor_data):
+                 expression_topic: str = "/referring_expression", image_qos: QoSProfile = qos_profile_sensor_data,
+                 with_debug_image: bool = False, with_results: bool = True):
+        """`with_debug_image`: subscribe to ~/debug_image (the node renders it only then) and wait for it in answers.
+        `with_results`: wait for ~/result(s) too, when meres_ros_interfaces is importable here."""
         self.node = rclpy.create_node(name or f"{node_name.strip('/')}_client", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.result_types = result_message_types()
+        self.result_types = result_message_types() if with_results else None
         latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         keep = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
@@ -146,11 +150,15 @@ class MeresClient:
         self.centroids: dict[int, PointStamped] = {}
         self.results: dict[int, object] = {}
         self.result_arrays: dict[int, object] = {}
+        self.debug_images: dict[int, Image] = {}
+        self.with_debug_image = with_debug_image
         self.active_expression: Optional[str] = None
         prefix = f"/{node_name.strip('/')}"
         self.node.create_subscription(Image, f"{prefix}/mask", self._on_mask, keep)
         self.node.create_subscription(PointStamped, f"{prefix}/centroid", lambda m: self._store(self.centroids, m), keep)
         self.node.create_subscription(String, f"{prefix}/expression", self._on_expression, latched)
+        if with_debug_image:
+            self.node.create_subscription(Image, f"{prefix}/debug_image", lambda m: self._store(self.debug_images, m), keep)
         if self.result_types is not None:
             self.node.create_subscription(self.result_types[0], f"{prefix}/result",
                                           lambda m: self._store(self.results, m), keep)
@@ -244,12 +252,12 @@ class MeresClient:
             if self.result_types is not None and (result is None or stamp not in self.result_arrays):
                 continue  # published before the mask, but on other topics: still on its way
             found = result.found if result is not None else bool(mask.any())
-            if found and stamp not in self.centroids:
+            if (found and stamp not in self.centroids) or (self.with_debug_image and stamp not in self.debug_images):
                 continue
             received = self.mask_received_at.get(stamp, time.monotonic())
             return Answer(stamp=stamp, mask=mask, centroid=self.centroids.get(stamp), result=result,
                           results=self.result_arrays.get(stamp), latency_s=received - self._sent[stamp],
-                          header=mask_msg.header)
+                          header=mask_msg.header, debug_image=self.debug_images.get(stamp))
         return None
 
     def destroy(self) -> None:
