@@ -69,3 +69,14 @@ def test_stamp_buffer_matches_nearest_within_tolerance():
     assert buffer.nearest(9_000, tolerance_ns=500) is None
     buffer.clear()
     assert buffer.nearest(4_000, tolerance_ns=0) is None
+
+
+def test_shipped_yaml_sets_every_declared_parameter():
+    from pathlib import Path
+
+    import yaml
+
+    from meres_ros.node import PARAMETERS
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "meres.yaml").read_text())
+    assert set(shipped["/**"]["ros__parameters"]) == set(PARAMETERS)
