@@ -36,7 +36,7 @@ def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, devi
         "optim": {"lr": 1.0e-4, "clip_grad_norm": 1.0},
         "out_dir": str(data_root / f"run_{preset}"),
     })
-    trainer = Trainer(cfg, Runtime(rank=0, world_size=1, device=device))
+    trainer = Trainer(cfg, Runtime(rank=0, world_size=1, device=device), progress_bar=False)
     trainer.model.train()
     loader = iter(trainer.loader)
 

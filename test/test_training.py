@@ -233,3 +233,30 @@ def test_evaluate_writes_json_table_and_pr_curve(trained, tmp_path, capsys):
     at_input = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--data-root", str(data),
                               "--num-workers", "0", "--out", str(tmp_path / "eval_input"), "--resolution", "input"])
     assert at_input["resolution"] == "input" and at_input["n"] == saved["n"]
+
+
+def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
+    from meres_core.inference import Segmenter
+    from training.export import export
+
+    out = export(trained / "best.pt", tmp_path / "deploy.pt", half=True)
+    payload = load_checkpoint(out)
+    assert "training_state" not in payload
+    assert all(v.dtype == torch.float16 for v in payload["model"].values() if v.is_floating_point())
+    assert payload["metadata"]["train_config"]["preset"] == "tiny"
+    assert out.stat().st_size < 0.4 * (trained / "best.pt").stat().st_size  # no optimizer moments, fp16
+    result = Segmenter.from_checkpoint(out).segment(torch.zeros(96, 128, 3, dtype=torch.uint8).numpy(), "a star")[0]
+    assert result.mask.shape == (96, 128)
+
+
+def test_ablation_tables_report_mean_spread_and_change_vs_full():
+    from training.ablate import FULL, METRICS, aggregate, markdown
+
+    runs = [{"variant": name, "seed": seed, **{m: base + 0.02 * seed for m in METRICS}}
+            for name, base in ((FULL, 0.6), ("LE", 0.5)) for seed in range(2)]
+    stats = aggregate(runs)
+    assert stats[FULL]["mIoU"]["mean"] == pytest.approx(0.61)
+    assert stats["LE"]["oIoU"]["std"] == pytest.approx(0.02 / 2 ** 0.5)
+    table = markdown({**stats, **{name: stats["LE"] for name in ("Enhanced LE", "VE", "Enhanced LE + All pixels")}},
+                     ["3"], "header")
+    assert "| LE | 51.00 ± 1.41 (-10.00) |" in table and f"| **{FULL}** | 61.00 ± 1.41 |" in table

@@ -165,8 +165,11 @@ class LossModel(nn.Module):
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, rt: Runtime):
+    def __init__(self, cfg: TrainConfig, rt: Runtime, progress_bar: bool = True):
         self.cfg, self.rt = cfg, rt
+        self.progress_bar = progress_bar and rt.is_main
+        if cfg.cpu_threads is not None:
+            torch.set_num_threads(cfg.cpu_threads)
         self.out_dir = Path(cfg.out_dir)
         self.model_cfg: MeresConfig = cfg.model_config()
         img_size = self.model_cfg.model.vision.img_size
@@ -330,7 +333,7 @@ class Trainer:
             log.info("%s: %d ranks x micro-batch %d x %d accumulation; %d steps/epoch, %d steps; params %s",
                      cfg.preset, rt.world_size, self.micro_batch, cfg.accumulation, self.steps_per_epoch,
                      self.total_steps, counts)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not rt.is_main, dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress_bar, dynamic_ncols=True)
         micro_batches_per_epoch = self.steps_per_epoch * cfg.accumulation
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start=self.position * self.micro_batch)
@@ -370,8 +373,6 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     cfg = load_train_config(args.config, parse_overrides(args.set))
-    if cfg.cpu_threads is not None:
-        torch.set_num_threads(cfg.cpu_threads)
     rt = setup_runtime(cfg.device)
     if not rt.is_main:
         logging.getLogger().setLevel(logging.WARNING)

@@ -1,0 +1,33 @@
+"""Export a training checkpoint for deployment: weights, model config and metadata only.
+
+    python -m training.export --checkpoint runs/demo_synth/best.pt --out meres_core/weights/meres_demo.pt --half
+
+Drops the optimizer / scheduler / RNG state (`training_state`) and, with `--half`, stores
+floating-point weights as fp16 (they are cast back to the model's dtype on load). The
+training config stays in the metadata, so the export still says how it was made.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from meres_core.checkpoint import build_from_checkpoint, save_checkpoint
+
+
+def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None) -> Path:
+    model, cfg, trained_metadata = build_from_checkpoint(checkpoint)
+    return save_checkpoint(out, model, cfg, {**trained_metadata, **(metadata or {})}, half=half)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
+    args = parser.parse_args(argv)
+    path = export(args.checkpoint, args.out, args.half)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
