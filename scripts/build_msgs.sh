@@ -13,7 +13,8 @@ set -euo pipefail
 VENV=$(cd "${1:-${VIRTUAL_ENV:?usage: scripts/build_msgs.sh VENV}}" && pwd)
 PY="$VENV/bin/python"
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD="$ROOT/build/meres_ros_interfaces"
+# One build folder per venv: CMake caches the paths of the packages it found.
+BUILD="$ROOT/build/meres_ros_interfaces-$(printf %s "$VENV" | sha256sum | cut -c1-12)"
 
 # The versions that match the Kilted runtime wheels of requirements-ros.txt.
 "$PY" -m pip install -q \
