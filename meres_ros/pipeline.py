@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -74,8 +75,6 @@ def load_segmenter(source: ModelSource, mask_threshold: float, presence_threshol
 def release_memory() -> None:
     """Give a dropped model's memory back (the caching allocator keeps GPU memory otherwise)."""
     gc.collect()
-    import sys
-
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
