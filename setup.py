@@ -15,8 +15,8 @@ setup(
     description="MERES referring expression segmentation with a ROS 2 node for grasping",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["meres_core*", "meres_ros*", "training*"]),
-    package_data={"meres_core": ["presets/*.yaml"]},
+    packages=find_packages(include=["meres_core", "meres_core.*", "meres_ros", "meres_ros.*", "training", "training.*"]),
+    package_data={"meres_core": ["presets/*.yaml", "weights/*"], "training": ["configs/*.yaml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

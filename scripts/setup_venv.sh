@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
-key=$(cat setup.py constraints.txt requirements-ros.txt scripts/setup_venv.sh | sha256sum | cut -c1-16)
+key=$(cat setup.py constraints.txt requirements-ros.txt scripts/setup_venv.sh scripts/build_msgs.sh \
+        meres_ros_interfaces/CMakeLists.txt meres_ros_interfaces/package.xml msg/*.msg | sha256sum | cut -c1-16)
 cache=${MERES_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meres-ros}
 venv="$cache/venv-$key"
 
@@ -23,6 +24,8 @@ if [ ! -f "$venv/.complete" ]; then
   "${pip[@]}" torch torchvision >&2
   "${pip[@]}" -r requirements-ros.txt >&2
   "${pip[@]}" -e ".[dev]" >&2
+  # The custom messages (~/result), generated from pip wheels since there is no ROS install.
+  scripts/build_msgs.sh "$venv" >&2
   touch "$venv/.complete"
 fi
 # The clone may have moved since the venv was made: point the editable install here.
