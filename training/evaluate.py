@@ -169,7 +169,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, help="first N samples only")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
-    parser.add_argument("--out", help="output folder (default: next to the checkpoint)")
+    parser.add_argument("--out", help="output folder (default: runs/eval/<checkpoint>_<dataset>_<split>_<resolution>)")
     return parser.parse_args(argv)
 
 
@@ -186,7 +186,7 @@ def main(argv=None) -> dict:
     result = evaluate_model(model, cfg, loader, device, args.resolution, args.precision, pr_curve=True)
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    out = Path(args.out) if args.out else checkpoint.parent / f"eval_{data.dataset}_{args.split}_{args.resolution}"
+    out = Path(args.out or f"runs/eval/{checkpoint.stem}_{data.dataset}_{args.split}_{args.resolution}")
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(checkpoint), "dataset": data.dataset, "split_by": data.split_by, "split": args.split,
