@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -38,8 +39,9 @@ class SegmentationResult:
     score: float  # presence score in [0, 1]
     mask: np.ndarray  # bool (H, W) at the input resolution
     probability: np.ndarray  # float32 (H, W)
-    bbox: Optional[tuple[int, int, int, int]]  # (x_min, y_min, x_max, y_max), inclusive; None when not found
-    centroid: Optional[tuple[float, float]]  # (u, v) pixels; None when not found
+    # Of the mask's most probable connected part (see target_region); None when not found.
+    bbox: Optional[tuple[int, int, int, int]]  # (x_min, y_min, x_max, y_max), inclusive
+    centroid: Optional[tuple[float, float]]  # (u, v) pixels
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -170,7 +172,20 @@ class Segmenter:
         found = bool(mask.any()) and score >= self.presence_threshold
         bbox = centroid = None
         if found:
-            ys, xs = np.nonzero(mask)
-            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-            centroid = (float(xs.mean()), float(ys.mean()))
+            bbox, centroid = target_region(mask, probability)
         return SegmentationResult(expression, found, score, mask, probability, bbox, centroid)
+
+
+def target_region(mask: np.ndarray, probability: np.ndarray):
+    """bbox and centroid of the mask's most probable connected part (largest summed probability).
+
+    A mask that spills onto a second object would otherwise put the grasp point between them.
+    """
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if count > 2:
+        mass = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)
+        mass[0] = -1.0  # background label
+        mask = labels == int(mass.argmax())
+    ys, xs = np.nonzero(mask)
+    bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    return bbox, (float(xs.mean()), float(ys.mean()))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from meres_core.inference import Segmenter
+from meres_core.inference import Segmenter, target_region
 
 SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
 
@@ -30,10 +30,22 @@ def test_results_have_input_resolution_and_consistent_geometry(segmenter, scene)
         assert result.mask.dtype == bool and result.probability.dtype == np.float32
         assert set(result.timings_ms) == {"text", "vision", "decode", "post", "total"}
         if result.found:
-            ys, xs = np.nonzero(result.mask)
-            assert result.bbox == (xs.min(), ys.min(), xs.max(), ys.max())
-            assert result.centroid == pytest.approx((xs.mean(), ys.mean()))
             assert result.score == pytest.approx(result.probability[result.mask].mean())
+            x0, y0, x1, y1 = result.bbox
+            assert result.mask[y0:y1 + 1, x0:x1 + 1].any()
+
+
+def test_centroid_is_on_the_most_probable_part_of_the_mask():
+    probability = np.zeros((40, 60), np.float32)
+    probability[5:15, 5:15] = 0.9  # confident blob, 100 px
+    probability[20:35, 30:55] = 0.6  # larger but less probable blob: 375 px x 0.6 = 225 > 90
+    probability[0:2, 58:60] = 0.99  # tiny speck
+    bbox, centroid = target_region(probability > 0.5, probability)
+    assert bbox == (30, 20, 54, 34)
+    assert centroid == pytest.approx((42.0, 27.0))
+    single = np.zeros_like(probability)
+    single[5:15, 5:15] = 0.9
+    assert target_region(single > 0.5, single) == ((5, 5, 14, 14), (9.5, 9.5))
 
 
 def test_absent_when_presence_below_threshold(segmenter, scene):
