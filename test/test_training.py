@@ -200,9 +200,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_runs_steps(tmp_path, scene_root):
+def test_two_process_ddp_runs_steps_with_accumulation_and_bf16(tmp_path, scene_root):
+    # 2 ranks x 2 micro-batches of 2 (no_sync on the first), bf16 autocast.
     config = write_config(tmp_path / "ddp.yaml", scene_root, tmp_path / "ddp", max_steps=2, accumulation=2,
-                          eval={"overlays": 0})  # 2 ranks x 2 micro-batches of 2: covers no_sync
+                          precision="bf16", eval={"overlays": 0})
     proc = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                 "--master_port", str(free_port()), "-m", "training.train", "--config", str(config)])
     assert proc.returncode == 0, proc.stderr[-3000:]

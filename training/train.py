@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from meres_core.data.refer import collate_samples
 from meres_core.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from meres_core.config import MeresConfig
+from meres_core.data.refer import collate_samples
 from meres_core.model.meres import MERES, count_parameters
 
 from .config import TrainConfig, load_train_config, parse_overrides, per_rank_batch, to_dict
@@ -298,6 +298,9 @@ class Trainer:
         device, accumulation = self.rt.device, len(batches)
         totals: dict[str, float] = {}
         for i, batch in enumerate(batches):
+            if batch is None:  # collate_samples dropped every sample as broken
+                raise RuntimeError(f"every sample of a training batch was unreadable; check data.root / "
+                                   f"data.image_root ({self.cfg.data.root}, {self.cfg.data.image_root})")
             sync = i == accumulation - 1 or not self.rt.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 input_ids, attention_mask = self.model.tokenize(batch["sentence"])
