@@ -159,14 +159,15 @@ class Segmenter:
             t3 = self._sync()
         probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",
                                                   align_corners=False)[:, 0]).cpu().numpy()
-        results = [self._result(e, p) for e, p in zip(expressions, probability)]
+        results = [self.decide(e, p) for e, p in zip(expressions, probability)]
         t4 = self._sync()
         timings = {"text": t1 - t0, "vision": t2 - t1, "decode": t3 - t2, "post": t4 - t3, "total": t4 - t0}
         for r in results:
             r.timings_ms = {k: v * 1000.0 for k, v in timings.items()}
         return results
 
-    def _result(self, expression: str, probability: np.ndarray) -> SegmentationResult:
+    def decide(self, expression: str, probability: np.ndarray) -> SegmentationResult:
+        """Threshold a probability map into mask, presence, bbox and centroid (also used by evaluation)."""
         mask = probability > self.mask_threshold
         score = float(probability[mask].mean()) if mask.any() else 0.0
         found = bool(mask.any()) and score >= self.presence_threshold

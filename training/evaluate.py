@@ -118,7 +118,7 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     batches = predict(model, loader, device, resolution, precision)
     for batch, probabilities, targets in tqdm(batches, total=len(loader), disable=not progress, desc="evaluate"):
         for i, (probability, target) in enumerate(zip(probabilities, targets)):
-            result = segmenter._result(batch["sentence"][i], probability)
+            result = segmenter.decide(batch["sentence"][i], probability)
             metrics.update(result.mask, target, batch["kind"][i])
             if pr is not None:
                 pr.update(probability, target)
