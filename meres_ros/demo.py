@@ -56,8 +56,11 @@ def prepare_scenes(folder: Path, count: int, seed: int) -> None:
     generate(folder, count, seed=seed, depth=True, split_fractions=(0.0, 0.0, 1.0))
 
 
-def choose_queries(folder: Path, limit: int, seed: int):
-    """One sentence per referred object (or absent description), spread over the scenes and kinds."""
+def choose_queries(folder: Path, limit: int, seed: int, kinds: Optional[set[str]] = None):
+    """One sentence per referred object (or absent description), spread over the scenes and kinds.
+
+    `kinds` keeps only sentences of those kinds (attribute, spatial, ordinal, size, category, absent).
+    """
     from meres_core.data.refer import ReferDataset
 
     dataset = ReferDataset(folder, dataset="synth", split_by="synth", split="test")
@@ -70,12 +73,16 @@ def choose_queries(folder: Path, limit: int, seed: int):
     rounds = max(len(refs) for refs in by_image.values())
     ordered = [refs[i] for i in range(rounds) for refs in by_image.values() if i < len(refs)]
     queries, images = [], {}
-    for ref in ordered[:limit]:
+    for ref in ordered:
+        sentence = ref["sentences"][int(ref["ref_id"]) % len(ref["sentences"])]
+        if kinds and sentence.get("kind") not in kinds:
+            continue
+        if len(queries) == limit:
+            break
         image_id = int(ref["image_id"])
         if image_id not in images:
             images[image_id] = dataset.read_image(image_id)
         rgb = images[image_id]
-        sentence = ref["sentences"][int(ref["ref_id"]) % len(ref["sentences"])]
         mask = dataset.ref_mask(ref, *rgb.shape[:2])
         queries.append(Query(image_id, sentence["sent"], sentence.get("kind", "synth"), bool(mask.any()), mask))
     return queries, images
@@ -146,7 +153,7 @@ def run(args) -> int:
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     scenes = out / "scenes"
     prepare_scenes(scenes, args.scenes, args.seed)
-    queries, images = choose_queries(scenes, args.sentences, args.seed)
+    queries, images = choose_queries(scenes, args.sentences, args.seed, set(args.kinds or ()))
     depths = {image_id: read_depth(scenes, image_id) for image_id in images}
     camera_info = camera_info_message(scenes)
 
@@ -260,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenes", type=int, default=4, help="synthetic scenes to render")
     parser.add_argument("--sentences", type=int, default=16, help="sentences to ask, spread over the scenes")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.add_argument("--kinds", nargs="+", help="only sentences of these kinds (attribute, spatial, ordinal, "
+                        "size, category, absent)")
     parser.add_argument("--rate", type=float, default=5.0, help="Hz at which a frame is republished until answered")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds for the node to load its model")
