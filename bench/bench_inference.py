@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
 
 import numpy as np
 import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # paper presets: no hub retries, random weights
 
 from meres_core.config import load_config
 from meres_core.inference import Segmenter
@@ -38,7 +41,7 @@ def timed(fn, repeats: int) -> float:
 
 
 def bench_preset(name: str, repeats: int, device: str, precision: str) -> dict:
-    offline = {"vision": {"pretrained": None}} if name.startswith("paper") else {}
+    offline = {"vision": {"pretrained": None}, "text": {"pretrained": False}} if name.startswith("paper") else {}
     cfg = load_config(name, overrides={"model": offline})
     torch.manual_seed(0)
     model = MERES(cfg.model)

@@ -1,4 +1,8 @@
 import logging
+import os
+
+# Tests never reach a model hub: offline fallbacks are immediate instead of retried.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import pytest
