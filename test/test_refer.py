@@ -119,7 +119,7 @@ def test_malicious_pickle_is_rejected(root, tmp_path):
     assert not marker.exists()
 
 
-def test_broken_samples_are_skipped_and_counted(root, tmp_path):
+def test_broken_samples_are_skipped_and_counted(root, tmp_path, caplog):
     broken = tmp_path / "broken"
     shutil.copytree(root, broken)
     refs = read_refs(broken)
@@ -145,6 +145,9 @@ def test_broken_samples_are_skipped_and_counted(root, tmp_path):
     on_bad_image = sum(len(r["sentences"]) for r in refs if r["split"] == "train" and r["image_id"] == bad_image)
     assert ds.skipped == Counter({"unreadable_image": on_bad_image, "empty_sentence": 1, "empty_mask": 1})
     assert samples.count(None) == on_bad_image + 2
+    logged = [r.getMessage() for r in caplog.records if "skipping a broken sample" in r.getMessage()]
+    assert len(logged) == on_bad_image + 2
+    assert any("(empty_mask)" in m for m in logged) and any("(empty_sentence)" in m for m in logged)
 
     batch = collate_samples(samples)
     assert batch["image"].shape[0] == len(samples) - samples.count(None)

@@ -16,6 +16,7 @@ refers to the union of their masks.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 from collections import Counter
 from pathlib import Path
@@ -35,6 +36,8 @@ IMAGE_ROOTS = {"synth": Path("images")}  # relative to data_root; other datasets
 # Everything a refs(*.p) file needs: containers and scalars, nothing that runs code.
 _SAFE_GLOBALS = {(module, name) for module in ("builtins", "__builtin__")
                  for name in ("set", "frozenset", "list", "dict", "tuple", "bytearray", "complex")}
+
+log = logging.getLogger(__name__)
 
 
 class UnsafePickleError(pickle.UnpicklingError):
@@ -176,6 +179,9 @@ class ReferDataset(Dataset):
 
     def _skip(self, reason: str) -> None:  # returns the None that marks a broken sample
         self.skipped[reason] += 1
+        # Logged here because DataLoader workers keep their own `skipped` counters.
+        log.warning("skipping a broken sample (%s); skipped so far in this process: %s",
+                    reason, dict(self.skipped))
         return None
 
     def __getitem__(self, index: int) -> Optional[dict]:
