@@ -39,9 +39,10 @@ class SegmentationResult:
     score: float  # presence score in [0, 1]
     mask: np.ndarray  # bool (H, W) at the input resolution
     probability: np.ndarray  # float32 (H, W)
-    # Of the mask's most probable connected part (see target_region); None when not found.
+    # Of the mask's most probable connected part (`part`, see target_part); None when not found.
     bbox: Optional[tuple[int, int, int, int]]  # (x_min, y_min, x_max, y_max), inclusive
     centroid: Optional[tuple[float, float]]  # (u, v) pixels
+    part: Optional[np.ndarray] = None  # bool (H, W): the connected part bbox / centroid describe
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
@@ -171,22 +172,24 @@ class Segmenter:
         mask = probability > self.mask_threshold
         score = float(probability[mask].mean()) if mask.any() else 0.0
         found = bool(mask.any()) and score >= self.presence_threshold
-        bbox = centroid = None
+        bbox = centroid = part = None
         if found:
-            bbox, centroid = target_region(mask, probability)
-        return SegmentationResult(expression, found, score, mask, probability, bbox, centroid)
+            part = target_part(mask, probability)
+            ys, xs = np.nonzero(part)
+            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+            centroid = (float(xs.mean()), float(ys.mean()))
+        return SegmentationResult(expression, found, score, mask, probability, bbox, centroid, part)
 
 
-def target_region(mask: np.ndarray, probability: np.ndarray):
-    """bbox and centroid of the mask's most probable connected part (largest summed probability).
+def target_part(mask: np.ndarray, probability: np.ndarray) -> np.ndarray:
+    """The mask's most probable connected part (largest summed probability).
 
-    A mask that spills onto a second object would otherwise put the grasp point between them.
+    A mask that spills onto a second object would otherwise put the grasp point (and the
+    depth read for it) between them.
     """
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if count > 2:
-        mass = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)
-        mass[0] = -1.0  # background label
-        mask = labels == int(mass.argmax())
-    ys, xs = np.nonzero(mask)
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-    return bbox, (float(xs.mean()), float(ys.mean()))
+    if count <= 2:
+        return mask
+    mass = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)
+    mass[0] = -1.0  # background label
+    return labels == int(mass.argmax())

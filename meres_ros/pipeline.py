@@ -200,7 +200,9 @@ def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[st
         centroid = target.pixel_centroid
         if centroid is None:
             continue
-        target.depth_m = robust_depth(frame.depth_m, target.mask, depth_settings.depth_range, depth_settings.erosion_px)
+        # Depth of the same connected part the centroid comes from, not of the whole mask.
+        target.depth_m = robust_depth(frame.depth_m, target.segmentation.part, depth_settings.depth_range,
+                                      depth_settings.erosion_px)
         if target.depth_m is not None:
             target.point_3d = frame.camera.deproject(centroid[0], centroid[1], target.depth_m)
     return targets

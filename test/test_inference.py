@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from meres_core.inference import Segmenter, target_region
+from meres_core.inference import Segmenter
 
 SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
 
@@ -35,17 +35,22 @@ def test_results_have_input_resolution_and_consistent_geometry(segmenter, scene)
             assert result.mask[y0:y1 + 1, x0:x1 + 1].any()
 
 
-def test_centroid_is_on_the_most_probable_part_of_the_mask():
+def test_centroid_is_on_the_most_probable_part_of_the_mask(segmenter):
     probability = np.zeros((40, 60), np.float32)
     probability[5:15, 5:15] = 0.9  # confident blob, 100 px
     probability[20:35, 30:55] = 0.6  # larger but less probable blob: 375 px x 0.6 = 225 > 90
     probability[0:2, 58:60] = 0.99  # tiny speck
-    bbox, centroid = target_region(probability > 0.5, probability)
-    assert bbox == (30, 20, 54, 34)
-    assert centroid == pytest.approx((42.0, 27.0))
+    segmenter.mask_threshold, segmenter.presence_threshold = 0.5, 0.0
+    result = segmenter.decide("x", probability)
+    assert result.bbox == (30, 20, 54, 34)
+    assert result.centroid == pytest.approx((42.0, 27.0))
+    assert result.part.sum() == 375 and result.part[20:35, 30:55].all()
+    assert result.mask.sum() == 100 + 375 + 4, "the mask itself keeps every part"
     single = np.zeros_like(probability)
     single[5:15, 5:15] = 0.9
-    assert target_region(single > 0.5, single) == ((5, 5, 14, 14), (9.5, 9.5))
+    alone = segmenter.decide("x", single)
+    assert (alone.bbox, alone.centroid) == ((5, 5, 14, 14), (9.5, 9.5))
+    assert np.array_equal(alone.part, alone.mask)
 
 
 def test_absent_when_presence_below_threshold(segmenter, scene):
