@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import build_from_checkpoint
-from .config import MeresConfig, load_config
+from .config import InferenceConfig, MeresConfig, load_config
 from .data.transforms import preprocess_image
 from .model.meres import MERES
 
@@ -50,6 +50,23 @@ class SegmentationResult:
         return {"expression": self.expression, "found": self.found, "score": round(self.score, 4),
                 "bbox": self.bbox, "centroid": None if self.centroid is None else [round(c, 2) for c in self.centroid],
                 "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a probability map becomes a mask and a found / not found: the decision settings.
+
+    Their defaults live in one place, a model's InferenceConfig; a caller that wants
+    others (a node parameter, an evaluation sweep) passes its own Decision per call
+    instead of changing a Segmenter that another thread may be using.
+    """
+
+    mask_threshold: float  # a pixel belongs to the mask above this probability
+    presence_threshold: float  # the target is found when the presence score reaches this
+
+    @classmethod
+    def from_config(cls, inference: InferenceConfig) -> "Decision":
+        return cls(mask_threshold=inference.mask_threshold, presence_threshold=inference.presence_threshold)
 
 
 def select_device(device: str = "auto") -> torch.device:
@@ -77,16 +94,15 @@ def normalize_expression(text: str) -> str:
 
 class Segmenter:
     def __init__(self, model: MERES, cfg: MeresConfig, metadata: dict | None = None,
-                 device: str | None = None, precision: str | None = None,
-                 mask_threshold: float | None = None, presence_threshold: float | None = None):
+                 device: str | None = None, precision: str | None = None):
         inf = cfg.inference
         self.cfg = cfg
         self.metadata = metadata or {}
         self.device = select_device(device or inf.device)
         self.dtype = select_dtype(precision or inf.precision, self.device)
         self.model = model.to(self.device).eval()
-        self.mask_threshold = inf.mask_threshold if mask_threshold is None else mask_threshold
-        self.presence_threshold = inf.presence_threshold if presence_threshold is None else presence_threshold
+        # The model's own decision settings; a call may pass others.
+        self.decision = Decision.from_config(inf)
         self.cache_size = inf.text_cache_size
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -135,8 +151,12 @@ class Segmenter:
         return text, valid
 
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, expressions: str | list[str]) -> list[SegmentationResult]:
-        """image: RGB uint8 (H, W, 3). Returns one result per expression, in order."""
+    def segment(self, image: np.ndarray, expressions: str | list[str],
+                decision: Decision | None = None) -> list[SegmentationResult]:
+        """image: RGB uint8 (H, W, 3). Returns one result per expression, in order.
+
+        `decision`: thresholds for this call; None: the model's own (`self.decision`).
+        """
         if isinstance(expressions, str):
             expressions = [expressions]
         expressions = [normalize_expression(e) for e in expressions]
@@ -160,18 +180,23 @@ class Segmenter:
             t3 = self._sync()
         probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",
                                                   align_corners=False)[:, 0]).cpu().numpy()
-        results = [self.decide(e, p) for e, p in zip(expressions, probability)]
+        decision = decision or self.decision
+        results = [self.decide(e, p, decision) for e, p in zip(expressions, probability)]
         t4 = self._sync()
         timings = {"text": t1 - t0, "vision": t2 - t1, "decode": t3 - t2, "post": t4 - t3, "total": t4 - t0}
         for r in results:
             r.timings_ms = {k: v * 1000.0 for k, v in timings.items()}
         return results
 
-    def decide(self, expression: str, probability: np.ndarray) -> SegmentationResult:
-        """Threshold a probability map into mask, presence, bbox and centroid (also used by evaluation)."""
-        mask = probability > self.mask_threshold
+    def decide(self, expression: str, probability: np.ndarray, decision: Decision | None = None) -> SegmentationResult:
+        """Threshold a probability map into mask, presence, bbox and centroid (also used by evaluation).
+
+        `decision`: None uses the model's own thresholds (`self.decision`).
+        """
+        decision = decision or self.decision
+        mask = probability > decision.mask_threshold
         score = float(probability[mask].mean()) if mask.any() else 0.0
-        found = bool(mask.any()) and score >= self.presence_threshold
+        found = bool(mask.any()) and score >= decision.presence_threshold
         bbox = centroid = part = None
         if found:
             part = target_part(mask, probability)

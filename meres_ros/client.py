@@ -7,6 +7,7 @@ answer for one of the stamps it sent comes back.
 """
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -20,15 +21,35 @@ from typing import Optional, Sequence
 import numpy as np
 import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
 
 from meres_ros.conversions import image_to_numpy, numpy_to_image
-from meres_ros.node import NODE_NAME, result_message_types
+from meres_ros.interface import (
+    ACTIVE_EXPRESSION_QOS,
+    ACTIVE_EXPRESSION_TOPIC,
+    CAMERA_INFO_TOPIC,
+    CENTROID_TOPIC,
+    DEBUG_IMAGE_TOPIC,
+    DEPTH_TOPIC,
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    EXPRESSION_HISTORY_QOS,
+    EXPRESSION_TOPIC,
+    IMAGE_TOPIC,
+    MASK_TOPIC,
+    NODE_NAME,
+    RESULT_TOPIC,
+    RESULTS_TOPIC,
+    output_topic,
+    result_message_types,
+)
 from meres_ros.pipeline import parse_expressions
+from meres_ros.streams import stamp_ns
 
 
 def config_file(name: str) -> Path:
@@ -54,13 +75,15 @@ class NodeProcess:
     """`meres_node` as a child process, its log in a file; `stop()` sends SIGINT and returns the exit code."""
 
     def __init__(self, parameters: dict, remappings: Optional[dict] = None, params_files: Sequence[Path] = (),
-                 env: Optional[dict] = None, log_path: Optional[Path] = None, node_name: str = NODE_NAME):
-        """`params_files` are loaded in order, then `parameters`: later values win."""
+                 env: Optional[dict] = None, log_path: Optional[Path] = None, node_name: str = NODE_NAME,
+                 program: Sequence[str] = ("-m", "meres_ros.node")):
+        """`params_files` are loaded in order, then `parameters`: later values win.
+        `program`: what the Python interpreter runs (a test may run the node through a wrapper script)."""
         self._workdir = tempfile.TemporaryDirectory(prefix="meres_node_")
         overrides = Path(self._workdir.name) / "parameters.yaml"
         overrides.write_text(_parameter_yaml(parameters))
         self.log_path = Path(log_path) if log_path else Path(self._workdir.name) / "node.log"
-        self.command = [sys.executable, "-m", "meres_ros.node", "--ros-args", "-r", f"__node:={node_name}"]
+        self.command = [sys.executable, *program, "--ros-args", "-r", f"__node:={node_name}"]
         for path in [*params_files, overrides]:
             self.command += ["--params-file", str(path)]
         for source, target in (remappings or {}).items():
@@ -75,6 +98,9 @@ class NodeProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def pid(self) -> int:
+        return self.process.pid
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -109,7 +135,7 @@ class Answer:
 
     stamp: int  # ns, the stamp of the frame that was answered
     mask: np.ndarray  # bool (H, W), first expression
-    centroid: Optional[PointStamped]  # None when not found
+    centroid: Optional[PointStamped]  # metres in the optical frame; None without a 3D point
     result: object = None  # meres_ros_interfaces/ReferringSegmentation, when built
     results: object = None  # meres_ros_interfaces/ReferringSegmentationArray, when built
     latency_s: float = 0.0  # from publishing the frame to receiving its mask
@@ -121,30 +147,26 @@ class Answer:
         return self.result.found if self.result is not None else bool(self.mask.any())
 
 
-def stamp_to_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 class MeresClient:
     """A small rclpy node that plays camera + operator for a running meres_node."""
 
     def __init__(self, context=None, node_name: str = NODE_NAME, name: Optional[str] = None,
-                 image_topic: str = "image", depth_topic: str = "depth", camera_info_topic: str = "camera_info",
-                 expression_topic: str = "/referring_expression", image_qos: QoSProfile = qos_profile_sensor_data,
+                 image_topic: str = IMAGE_TOPIC, depth_topic: str = DEPTH_TOPIC,
+                 camera_info_topic: str = CAMERA_INFO_TOPIC, expression_topic: str = EXPRESSION_TOPIC,
+                 image_qos: QoSProfile = qos_profile_sensor_data, expression_qos: QoSProfile = EXPRESSION_HISTORY_QOS,
                  with_debug_image: bool = False, with_results: bool = True):
-        """`with_debug_image`: subscribe to ~/debug_image (the node renders it only then) and wait for it in answers.
+        """`expression_qos`: latched by default, so a sentence set before the node is up still reaches it.
+        `with_debug_image`: subscribe to ~/debug_image (the node renders it only then) and wait for it in answers.
         `with_results`: wait for ~/result(s) too, when meres_ros_interfaces is importable here."""
         self.node = rclpy.create_node(name or f"{node_name.strip('/')}_client", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.result_types = result_message_types() if with_results else None
-        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-        keep = QoSProfile(depth=50, reliability=QoSReliabilityPolicy.RELIABLE)
+        keep = 50  # reliable, volatile: what the node publishes with, deep enough for a burst
         self.image_pub = self.node.create_publisher(Image, image_topic, image_qos)
         self.depth_pub = self.node.create_publisher(Image, depth_topic, image_qos)
         self.camera_info_pub = self.node.create_publisher(CameraInfo, camera_info_topic, image_qos)
-        self.expression_pub = self.node.create_publisher(String, expression_topic, latched)
+        self.expression_pub = self.node.create_publisher(String, expression_topic, expression_qos)
         self.masks: dict[int, Image] = {}
         self.mask_received_at: dict[int, float] = {}  # monotonic time
         self.centroids: dict[int, PointStamped] = {}
@@ -153,22 +175,25 @@ class MeresClient:
         self.debug_images: dict[int, Image] = {}
         self.with_debug_image = with_debug_image
         self.active_expression: Optional[str] = None
-        prefix = f"/{node_name.strip('/')}"
-        self.node.create_subscription(Image, f"{prefix}/mask", self._on_mask, keep)
-        self.node.create_subscription(PointStamped, f"{prefix}/centroid", lambda m: self._store(self.centroids, m), keep)
-        self.node.create_subscription(String, f"{prefix}/expression", self._on_expression, latched)
+        self.diagnostics: list[DiagnosticStatus] = []  # this node's statuses, oldest first
+        topic = functools.partial(output_topic, node_name)
+        self.node.create_subscription(Image, topic(MASK_TOPIC), self._on_mask, keep)
+        self.node.create_subscription(PointStamped, topic(CENTROID_TOPIC), lambda m: self._store(self.centroids, m), keep)
+        self.node.create_subscription(String, topic(ACTIVE_EXPRESSION_TOPIC), self._on_expression, ACTIVE_EXPRESSION_QOS)
+        self._diagnostics_name = f"/{node_name.strip('/')}"
+        self.node.create_subscription(DiagnosticArray, DIAGNOSTICS_TOPIC, self._on_diagnostics, DIAGNOSTICS_QOS)
         if with_debug_image:
-            self.node.create_subscription(Image, f"{prefix}/debug_image", lambda m: self._store(self.debug_images, m), keep)
+            self.node.create_subscription(Image, topic(DEBUG_IMAGE_TOPIC), lambda m: self._store(self.debug_images, m), keep)
         if self.result_types is not None:
-            self.node.create_subscription(self.result_types[0], f"{prefix}/result",
+            self.node.create_subscription(self.result_types[0], topic(RESULT_TOPIC),
                                           lambda m: self._store(self.results, m), keep)
-            self.node.create_subscription(self.result_types[1], f"{prefix}/results",
+            self.node.create_subscription(self.result_types[1], topic(RESULTS_TOPIC),
                                           lambda m: self._store(self.result_arrays, m), keep)
         self._sent: dict[int, float] = {}  # stamp -> monotonic send time
         self._last_stamp = 0
 
     def _store(self, table: dict, msg, value=None) -> None:
-        table[stamp_to_ns(msg.header.stamp)] = msg if value is None else value
+        table[stamp_ns(msg.header.stamp)] = msg if value is None else value
         if len(table) > 200:  # answers nobody asked for (other clients, old frames)
             del table[next(iter(table))]
 
@@ -178,6 +203,24 @@ class MeresClient:
 
     def _on_expression(self, msg: String) -> None:
         self.active_expression = msg.data
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        self.diagnostics += [s for s in msg.status if s.name.endswith(self._diagnostics_name)]
+        del self.diagnostics[:-100]
+
+    def wait_for_diagnostics(self, accept, timeout: float = 60.0) -> DiagnosticStatus:
+        """The first of this node's statuses, from now on, for which `accept(status)` holds."""
+        seen = len(self.diagnostics)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for status in self.diagnostics[seen:]:
+                if accept(status):
+                    return status
+            seen = len(self.diagnostics)
+            self.spin(0.1)
+        last = self.diagnostics[-1] if self.diagnostics else None
+        raise TimeoutError(f"no matching /diagnostics status within {timeout} s; last: "
+                           f"{None if last is None else (last.level, last.message)}")
 
     def spin(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -226,7 +269,7 @@ class MeresClient:
         if depth is not None:
             self.depth_pub.publish(numpy_to_image(depth, "32FC1" if depth.dtype == np.float32 else "16UC1", header))
         self.image_pub.publish(numpy_to_image(rgb, "rgb8", header))
-        self._sent[stamp_to_ns(header.stamp)] = time.monotonic()
+        self._sent[stamp_ns(header.stamp)] = time.monotonic()
         return header
 
     def request(self, rgb: np.ndarray, depth: Optional[np.ndarray] = None, camera_info: Optional[CameraInfo] = None,
@@ -251,8 +294,10 @@ class MeresClient:
             result = self.results.get(stamp)
             if self.result_types is not None and (result is None or stamp not in self.result_arrays):
                 continue  # published before the mask, but on other topics: still on its way
-            found = result.found if result is not None else bool(mask.any())
-            if (found and stamp not in self.centroids) or (self.with_debug_image and stamp not in self.debug_images):
+            # ~/centroid carries only 3D points; ~/result says whether this frame has one. Without
+            # ~/result there is no telling, and the answer is complete without it.
+            has_3d = result is not None and result.centroid_3d_valid
+            if (has_3d and stamp not in self.centroids) or (self.with_debug_image and stamp not in self.debug_images):
                 continue
             received = self.mask_received_at.get(stamp, time.monotonic())
             return Answer(stamp=stamp, mask=mask, centroid=self.centroids.get(stamp), result=result,

@@ -110,14 +110,12 @@ def read_depth(folder: Path, image_id: int) -> np.ndarray:
 
 
 def pixel_centroid(answer, camera_info) -> Optional[tuple[float, float]]:
-    """The answer's centroid in pixels: from ~/result, else from ~/centroid (projected back when it is 3D)."""
+    """The answer's centroid in pixels: from ~/result, else projected back from ~/centroid (metres)."""
     if answer.result is not None:
         return (answer.result.centroid_u, answer.result.centroid_v) if answer.result.found else None
     if answer.centroid is None:
         return None
     point = answer.centroid.point
-    if point.z == 0.0:
-        return point.x, point.y
     k = camera_info.k
     return k[0] * point.x / point.z + k[2], k[4] * point.y / point.z + k[5]
 
@@ -194,7 +192,7 @@ def run(args) -> int:
                 on_target = bool(0 <= v < query.gt_mask.shape[0] and 0 <= u < query.gt_mask.shape[1]
                                  and query.gt_mask[v, u])
             point_3d = None
-            if answer.centroid is not None and answer.centroid.point.z > 0.0:
+            if answer.centroid is not None:
                 point_3d = (answer.centroid.point.x, answer.centroid.point.y, answer.centroid.point.z)
             score = answer.result.score if answer.result is not None else None
             model_ms = answer.result.inference_time_ms if answer.result is not None else None

@@ -22,9 +22,18 @@ class DepthRange:
     max_m: float = 10.0
 
 
+# sensor_msgs/CameraInfo distortion models that OpenCV inverts, with their coefficient counts
+# (k1 k2 p1 p2 k3, then k4 k5 k6): the same order in CameraInfo.d and in OpenCV.
+DISTORTION_MODELS = {"plumb_bob": 5, "rational_polynomial": 8}
+
+
 @dataclass(frozen=True)
 class PinholeCamera:
-    """The K matrix of a sensor_msgs/CameraInfo (distortion is ignored: depth is registered and rectified)."""
+    """A CameraInfo's intrinsics: the pinhole (fx, fy, cx, cy) and the lens distortion to undo.
+
+    For a raw (unrectified) image the intrinsics are K and the distortion D; for a
+    rectified image they are the left 3x3 of P and there is no distortion left.
+    """
 
     fx: float
     fy: float
@@ -32,29 +41,62 @@ class PinholeCamera:
     cy: float
     width: int = 0  # 0: unknown, not checked against images
     height: int = 0
+    distortion: tuple[float, ...] = ()  # OpenCV order; empty or all zero: none
 
     def __post_init__(self):
-        values = (self.fx, self.fy, self.cx, self.cy)
+        values = (self.fx, self.fy, self.cx, self.cy, *self.distortion)
         if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"camera intrinsics must be finite, got fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy}")
+            raise ValueError(f"camera intrinsics must be finite, got fx={self.fx} fy={self.fy} cx={self.cx} cy={self.cy} "
+                             f"d={list(self.distortion)}")
         if self.fx <= 0.0 or self.fy <= 0.0:
             raise ValueError(f"focal lengths must be positive, got fx={self.fx} fy={self.fy} (uncalibrated camera?)")
 
     @classmethod
-    def from_camera_info(cls, msg) -> "PinholeCamera":
+    def from_camera_info(cls, msg, rectified: bool = False) -> "PinholeCamera":
+        """`rectified`: the image is rectified (image_rect): P's intrinsics, D ignored."""
+        size = dict(width=int(msg.width), height=int(msg.height))
+        if rectified:
+            p = list(msg.p)
+            if len(p) != 12:
+                raise ValueError(f"CameraInfo.p must have 12 entries, got {len(p)}")
+            return cls(fx=float(p[0]), fy=float(p[5]), cx=float(p[2]), cy=float(p[6]), **size)
         k = list(msg.k)
         if len(k) != 9:
             raise ValueError(f"CameraInfo.k must have 9 entries, got {len(k)}")
-        return cls(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]),
-                   width=int(msg.width), height=int(msg.height))
+        d = tuple(float(c) for c in msg.d)
+        if any(c != 0.0 for c in d):
+            expected = DISTORTION_MODELS.get(msg.distortion_model)
+            if expected is None:
+                raise ValueError(f"distortion model {msg.distortion_model!r} is not supported (only "
+                                 f"{', '.join(DISTORTION_MODELS)}); rectify the image and set rectified:=true")
+            if len(d) != expected:
+                raise ValueError(f"{msg.distortion_model} needs {expected} distortion coefficients, CameraInfo.d has {len(d)}")
+        else:
+            d = ()
+        return cls(fx=float(k[0]), fy=float(k[4]), cx=float(k[2]), cy=float(k[5]), distortion=d, **size)
 
     def check_matches(self, height: int, width: int) -> None:
         if self.width and self.height and (self.width, self.height) != (width, height):
             raise ValueError(f"CameraInfo is for {self.width}x{self.height} images, the image is {width}x{height}")
 
+    def normalized(self, u: float, v: float) -> tuple[float, float]:
+        """Pixel (u, v) -> the ray (x / z, y / z) through it, lens distortion undone."""
+        if not self.distortion:
+            return (u - self.cx) / self.fx, (v - self.cy) / self.fy
+        k = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+        # OpenCV inverts the distortion iteratively; iterate to convergence, not its default 5 steps.
+        # (OpenCV 4 names the call with criteria undistortPointsIter; OpenCV 5 folded it into undistortPoints.)
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+        undistort = getattr(cv2, "undistortPointsIter", cv2.undistortPoints)
+        identity = np.eye(3)  # R: no rectification; P: output normalized coordinates
+        ray = undistort(np.array([[[u, v]]], np.float64), k, np.array(self.distortion), R=identity, P=identity,
+                        criteria=criteria)
+        return float(ray[0, 0, 0]), float(ray[0, 0, 1])
+
     def deproject(self, u: float, v: float, depth_m: float) -> tuple[float, float, float]:
         """Pixel (u, v) at depth z (m, along the optical axis) -> (x, y, z) in the optical frame (REP 103: x right, y down, z forward)."""
-        return ((u - self.cx) * depth_m / self.fx, (v - self.cy) * depth_m / self.fy, depth_m)
+        x, y = self.normalized(u, v)
+        return (x * depth_m, y * depth_m, depth_m)
 
 
 def depth_to_meters(depth: np.ndarray, depth_scale: float) -> np.ndarray:

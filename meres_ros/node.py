@@ -1,26 +1,31 @@
 """`meres_node`: a managed (lifecycle) node that segments what a sentence refers to.
 
-Inputs
-  image                  sensor_msgs/Image, color (rgb8, bgr8, rgba8, bgra8, mono8, mono16);
-                         sensor-data QoS, keep last 1, reliability from `image_reliability`
-  depth                  sensor_msgs/Image, registered to `image` (16UC1 / mono16 x depth_scale, 32FC1 m); optional
+Inputs (names, QoS and parameters: meres_ros/interface.py)
+  image                  sensor_msgs/Image, color (rgb8, bgr8, rgba8, bgra8, mono8, mono16); keep last 1,
+                         reliability from `image_reliability`
+  depth                  sensor_msgs/Image registered to `image` (16UC1 / mono16 x depth_scale, 32FC1 m); optional
   camera_info            sensor_msgs/CameraInfo of the color camera; optional
-  /referring_expression  std_msgs/String, reliable + transient local. "a; b" = several expressions,
-                         segmented in one batched call; "" clears the target.
+  /referring_expression  std_msgs/String from any publisher: volatile or latched, before or after the node
+                         started. "a; b" = several expressions, segmented in one batched call; "" clears the target.
 Outputs (header = the input image's header)
   ~/mask         sensor_msgs/Image mono8, 0 / 255: the first expression's mask (all 0 when absent)
-  ~/centroid     geometry_msgs/PointStamped of the first expression, only when it is found:
-                 z > 0: the 3D point in metres in the image's optical frame (depth + CameraInfo valid);
-                 z == 0: no metric depth: x, y are the pixel centroid (u, v)
-  ~/result       meres_ros_interfaces/ReferringSegmentation of the first expression
+  ~/centroid     geometry_msgs/PointStamped, metres in the image's optical frame: the first expression's
+                 grasp point, published only when depth and CameraInfo gave one (never pixels)
+  ~/result       meres_ros_interfaces/ReferringSegmentation of the first expression (pixel centroid: centroid_u/v)
   ~/results      meres_ros_interfaces/ReferringSegmentationArray, one entry per expression
-  ~/expression   std_msgs/String, transient local: the expressions in use ("a; b"), republished on change
+  ~/expression   std_msgs/String, latched: the expressions in use ("a; b"), republished on change
   ~/debug_image  sensor_msgs/Image rgb8 overlay, rendered only while someone subscribes
+  /diagnostics   diagnostic_msgs/DiagnosticArray, 1 Hz: model, rates, latency, drops, last error
+
+A result is published only if the expressions it answers are still the node's: a
+frame in flight when a new sentence arrives is dropped, not published.
 
 Lifecycle: configure loads the model (a bad checkpoint fails the transition and
 the node stays unconfigured), activate subscribes to the images and starts the
 worker, deactivate stops both, cleanup frees the model. With `autostart` the
-node configures and activates itself.
+node configures and activates itself. After `max_consecutive_failures` model
+failures in a row the node takes the lifecycle error path (errorprocessing ->
+unconfigured, model released) and says why.
 
 Threads: subscription callbacks only store messages. One worker thread runs
 the model on the newest color frame; frames that arrive while it is busy
@@ -31,43 +36,70 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 import signal
+import sys
 import threading
 import time
 import traceback
-from collections import Counter
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSDurabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from rclpy.qos import (
-    QoSDurabilityPolicy,
-    QoSHistoryPolicy,
-    QoSProfile,
-    QoSReliabilityPolicy,
-    qos_profile_sensor_data,
-)
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import String
 
+try:  # Iron and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
+from meres_ros import health
 from meres_ros.conversions import check_color_image, check_depth_image, image_to_rgb, numpy_to_image
 from meres_ros.geometry import DepthRange, PinholeCamera
+from meres_ros.interface import (
+    ACTIVE_EXPRESSION_QOS,
+    ACTIVE_EXPRESSION_TOPIC,
+    CAMERA_INFO_TOPIC,
+    CENTROID_TOPIC,
+    DEBUG_IMAGE_TOPIC,
+    DEPTH_TOPIC,
+    DIAGNOSTICS_QOS,
+    DIAGNOSTICS_TOPIC,
+    EXPRESSION_HISTORY_QOS,
+    EXPRESSION_QOS,
+    EXPRESSION_TOPIC,
+    IMAGE_TOPIC,
+    LIVE_PARAMETERS,
+    MASK_TOPIC,
+    NODE_NAME,
+    PARAMETERS,
+    RESULT_QOS,
+    RESULT_TOPIC,
+    RESULTS_TOPIC,
+    STAMP_BUFFER_LENGTH,
+    image_qos,
+    paired_input_qos,
+    parameter_problem,
+    result_message_types,
+)
 from meres_ros.pipeline import (
     MAX_EXPRESSION_CHARS,
     DepthSettings,
     Frame,
     InputError,
     ModelSource,
-    StampBuffer,
     Target,
+    decision_for,
     depth_and_camera,
     inference_ms,
     load_segmenter,
@@ -75,88 +107,18 @@ from meres_ros.pipeline import (
     release_memory,
     render_overlay,
     segment_frame,
-    stamp_ns,
 )
+from meres_ros.streams import LatchedCopies, LatestSlot, ProblemLog, StampBuffer, stamp_ns
 
-NODE_NAME = "meres"
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
-RELIABILITIES = {"best_effort": QoSReliabilityPolicy.BEST_EFFORT, "reliable": QoSReliabilityPolicy.RELIABLE}
-# Parameters applied to the running node at once; the others are read at configure / activate.
-LIVE_PARAMETERS = {
-    "mask_threshold", "presence_threshold", "expressions", "max_expressions", "max_rate", "publish_debug",
-    "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "sync_tolerance", "problem_log_period",
-}
-# Depth and CameraInfo messages kept for matching by stamp: ~0.3 s at 30 Hz.
-STAMP_BUFFER_LENGTH = 10
 # The executor wakes at least this often (s), so a signal is handled promptly.
 SPIN_PERIOD_S = 0.1
-
-
-def result_message_types():
-    """(ReferringSegmentation, ReferringSegmentationArray), or None when meres_ros_interfaces is not built."""
-    try:
-        from meres_ros_interfaces.msg import ReferringSegmentation, ReferringSegmentationArray
-    except ImportError:
-        return None
-    return ReferringSegmentation, ReferringSegmentationArray
-
-
-class ProblemLog:
-    """Warns about bad input at most once per period for each kind of problem, counting the rest.
-
-    Problems are keyed by their kind and their reason with numbers and quoted
-    values blanked, so a stream of frames with the same defect logs once per
-    period while a different defect is reported at once.
-    """
-
-    def __init__(self, logger, period_s: float):
-        self._logger = logger
-        self.period_s = period_s
-        self._last: dict[tuple[str, str], list] = {}
-        self._lock = threading.Lock()
-        self.counts: Counter[str] = Counter()
-
-    def report(self, kind: str, reason: str) -> None:
-        template = re.sub(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?", "#", reason)
-        now = time.monotonic()
-        with self._lock:
-            self.counts[kind] += 1
-            entry = self._last.get((kind, template))
-            if entry is not None and now - entry[0] < self.period_s:
-                entry[1] += 1
-                return
-            held_back = entry[1] if entry is not None else 0
-            self._last[(kind, template)] = [now, 0]
-        suffix = f" ({held_back} more like it in the last {self.period_s:g} s)" if held_back else ""
-        self._logger.warning(f"[{kind}] {reason}{suffix}")
-
-
-class LatestSlot:
-    """Holds only the newest item; putting one over an item nobody took drops the old one."""
-
-    def __init__(self):
-        self._condition = threading.Condition()
-        self._item = None
-        self.dropped = 0
-
-    def put(self, item) -> None:
-        with self._condition:
-            if self._item is not None:
-                self.dropped += 1
-            self._item = item
-            self._condition.notify()
-
-    def take(self, timeout: float):
-        with self._condition:
-            if self._item is None:
-                self._condition.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def wake(self) -> None:
-        with self._condition:
-            self._condition.notify_all()
+DIAGNOSTICS_PERIOD_S = 1.0
+# A depth / camera_info stream counts as live (worth waiting for) while its newest stamp is this close.
+LIVE_STREAM_WINDOW_NS = 1_000_000_000
+# The transient-local copy of a sentence heard live this recently is the same message twice.
+LATCHED_COPY_WINDOW_S = 5.0
+DIAGNOSTIC_LEVELS = {health.OK: DiagnosticStatus.OK, health.WARN: DiagnosticStatus.WARN,
+                     health.ERROR: DiagnosticStatus.ERROR}
 
 
 @dataclass(frozen=True)
@@ -169,53 +131,18 @@ class LiveSettings:
     use_depth: bool
     depth: DepthSettings
     sync_tolerance_ns: int
+    sync_wait_s: float
+    rectified: bool
+    mask_threshold: Optional[float]  # None: the model's own
+    presence_threshold: Optional[float]
 
 
-def _descriptor(description: str, *, read_only: bool = False, float_range: Optional[tuple[float, float]] = None,
-                int_range: Optional[tuple[int, int]] = None, constraints: str = "") -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=description, read_only=read_only, additional_constraints=constraints)
-    if float_range is not None:
-        descriptor.floating_point_range = [FloatingPointRange(from_value=float_range[0], to_value=float_range[1], step=0.0)]
-    if int_range is not None:
-        descriptor.integer_range = [IntegerRange(from_value=int_range[0], to_value=int_range[1], step=1)]
-    return descriptor
+@dataclass(frozen=True)
+class Expressions:
+    """The sentences being segmented; a new object (new `generation`) for each change."""
 
-
-PARAMETERS = {
-    "autostart": (True, _descriptor("Configure and activate at startup; false when a lifecycle manager drives the node.",
-                                    read_only=True)),
-    "checkpoint": ("demo", _descriptor("Checkpoint file, or 'demo' for the bundled demo model. Read at configure.")),
-    "preset": ("", _descriptor("Preset name (e.g. 'tiny'): build that model with random weights instead of loading "
-                               "`checkpoint` (tests, bring-up). Read at configure.")),
-    "seed": (0, _descriptor("Seed of the random weights of `preset`. Read at configure.")),
-    "device": ("auto", _descriptor("Inference device. Read at configure.", constraints="auto, cpu, cuda or cuda:N")),
-    "precision": ("auto", _descriptor("Inference precision; auto = fp16 on CUDA, fp32 on CPU. Read at configure.",
-                                      constraints=", ".join(PRECISIONS))),
-    "mask_threshold": (0.5, _descriptor("Probability above which a pixel belongs to the mask.", float_range=(0.0, 1.0))),
-    "presence_threshold": (0.5, _descriptor("Presence score at or above which the target counts as found.",
-                                            float_range=(0.0, 1.0))),
-    "expressions": (Parameter.Type.STRING_ARRAY, _descriptor(
-        "Expressions to segment from the start, as if published on /referring_expression; a message there replaces them.")),
-    "max_expressions": (8, _descriptor("Most expressions accepted in one message (one batch per frame).",
-                                       int_range=(1, 64))),
-    "max_rate": (10.0, _descriptor("Most frames segmented per second; 0 = as fast as the model runs.",
-                                   float_range=(0.0, 1000.0))),
-    "publish_debug": (True, _descriptor("Render ~/debug_image (only while it has subscribers).")),
-    "use_depth": (True, _descriptor("Use depth + camera_info for a 3D centroid.")),
-    "depth_scale": (0.001, _descriptor("Metres per unit of an integer (16UC1 / mono16) depth image; 0.001 for mm.",
-                                       float_range=(1e-6, 1.0))),
-    "depth_min": (0.1, _descriptor("Depths below this (m) are invalid.", float_range=(0.0, 100.0))),
-    "depth_max": (10.0, _descriptor("Depths above this (m) are invalid.", float_range=(0.0, 100.0))),
-    "depth_erosion_px": (2, _descriptor("Erode the mask by this many pixels before taking its median depth, "
-                                        "away from mixed foreground/background edge pixels.", int_range=(0, 50))),
-    "sync_tolerance": (0.05, _descriptor("Largest stamp difference (s) between a color frame and the depth / "
-                                         "camera_info used with it.", float_range=(0.0, 10.0))),
-    "image_reliability": ("best_effort", _descriptor("QoS reliability of the image, depth and camera_info "
-                                                     "subscriptions. Read at activate.",
-                                                     constraints=", ".join(RELIABILITIES))),
-    "problem_log_period": (5.0, _descriptor("Seconds between two warnings about the same kind of bad input.",
-                                            float_range=(0.0, 3600.0))),
-}
+    texts: tuple[str, ...] = ()
+    generation: int = 0
 
 
 def logged_transition(callback):
@@ -235,13 +162,22 @@ def logged_transition(callback):
 class MeresNode(LifecycleNode):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
+        self._ready = False  # parameters are applied to the node once it is built
+        # Registered before the declarations, which run it: a bad value in a parameter file is
+        # refused at startup, with its name, instead of failing later in a transition.
+        self.add_on_set_parameters_callback(self._check_parameters)
         for name, (default, descriptor) in PARAMETERS.items():
             self.declare_parameter(name, default, descriptor)
-        self.add_on_set_parameters_callback(self._validate_parameters)
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        # Humble has no post-set callback (it came in Iron): there the check applies accepted values itself.
+        self._post_set_available = hasattr(self, "add_post_set_parameters_callback")
+        if self._post_set_available:
+            self.add_post_set_parameters_callback(
+                lambda parameters: self._apply_parameters({p.name: p.value for p in parameters}))
 
-        self._problems = ProblemLog(self.get_logger(), self.get_parameter("problem_log_period").value)
-        self._settings = self._read_live_settings()
+        self._problems = ProblemLog(self.get_logger().warning, self.get_parameter("problem_log_period").value)
+        self._health = health.Health(self.get_parameter("image_timeout").value,
+                                     self.get_parameter("max_consecutive_failures").value)
+        self._settings = self._read_live_settings(self._parameter)
         self._result_types = result_message_types()
         if self._result_types is None:
             self.get_logger().warning(
@@ -249,18 +185,28 @@ class MeresNode(LifecycleNode):
                 "~/mask, ~/centroid and ~/debug_image are published (see meres_ros_interfaces/README.md)")
 
         self._segmenter = None
-        self._expressions: list[str] = []
-        self._expressions_lock = threading.Lock()
-        self._frames = LatestSlot()
+        self._model_description = "not loaded"
+        self._expressions = Expressions()
+        self._expressions_lock = threading.Lock()  # held while a result is checked against them and published
+        self._latched_copies = LatchedCopies(LATCHED_COPY_WINDOW_S)
+        self._frames = LatestSlot()  # (color Image, monotonic time received)
         self._depths = StampBuffer(STAMP_BUFFER_LENGTH)
         self._camera_infos = StampBuffer(STAMP_BUFFER_LENGTH)
         self._last_color_stamp: Optional[int] = None
         self._worker: Optional[threading.Thread] = None
         self._stop_worker = threading.Event()
-        self._stats = Counter()
+        self._model_broken = False  # set by the worker; the deactivate it triggers then reports ERROR
+        self._stale_results = 0
         self._outputs: dict[str, object] = {}
         self._expression_subscription = None
+        self._history_subscription = None
         self._input_subscriptions: list = []
+
+        # The worker cannot change the lifecycle state itself (deactivate joins it): it wakes the executor.
+        self._error_path = self.create_guard_condition(self._take_error_path)
+        self._diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
+        self.create_timer(DIAGNOSTICS_PERIOD_S, self._tick)
+        self._ready = True
 
     # Lifecycle ---------------------------------------------------------------------------
 
@@ -275,61 +221,60 @@ class MeresNode(LifecycleNode):
         )
         self.get_logger().info(f"loading {source.describe()}")
         try:
-            self._segmenter = load_segmenter(source, self.get_parameter("mask_threshold").value,
-                                             self.get_parameter("presence_threshold").value)
+            self._segmenter = load_segmenter(source)
         except Exception as error:  # CheckpointError, ValueError (device), OSError, ...: stay unconfigured
             self.get_logger().error(f"configure failed, cannot load {source.describe()}: {type(error).__name__}: {error}")
             self._segmenter = None
             release_memory()
             return TransitionCallbackReturn.FAILURE
+        self._model_description = source.describe()
+        self._health.reset_failures()
+        self._model_broken = False
 
-        reliable = QoSProfile(depth=5, reliability=QoSReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
         self._outputs = {
-            "mask": self.create_lifecycle_publisher(Image, "~/mask", reliable),
-            "centroid": self.create_lifecycle_publisher(PointStamped, "~/centroid", reliable),
-            "debug_image": self.create_lifecycle_publisher(Image, "~/debug_image", reliable),
-            "expression": self.create_publisher(String, "~/expression", latched),
+            "mask": self.create_lifecycle_publisher(Image, MASK_TOPIC, RESULT_QOS),
+            "centroid": self.create_lifecycle_publisher(PointStamped, CENTROID_TOPIC, RESULT_QOS),
+            "debug_image": self.create_lifecycle_publisher(Image, DEBUG_IMAGE_TOPIC, RESULT_QOS),
+            "expression": self.create_publisher(String, ACTIVE_EXPRESSION_TOPIC, ACTIVE_EXPRESSION_QOS),
         }
         if self._result_types is not None:
             result_type, array_type = self._result_types
-            self._outputs["result"] = self.create_lifecycle_publisher(result_type, "~/result", reliable)
-            self._outputs["results"] = self.create_lifecycle_publisher(array_type, "~/results", reliable)
+            self._outputs["result"] = self.create_lifecycle_publisher(result_type, RESULT_TOPIC, RESULT_QOS)
+            self._outputs["results"] = self.create_lifecycle_publisher(array_type, RESULTS_TOPIC, RESULT_QOS)
 
         if self._expressions_parameter():
             self._set_expressions(self._expressions_parameter(), origin="parameter expressions")
         else:  # tell ~/expression listeners what the node holds (nothing yet, or what it had before a cleanup)
-            self._outputs["expression"].publish(String(data="; ".join(self._current_expressions())))
-        self._expression_subscription = self.create_subscription(String, "/referring_expression",
-                                                                 self._on_expression, latched)
+            self._outputs["expression"].publish(String(data="; ".join(self._expressions.texts)))
+        self._expression_subscription = self.create_subscription(String, EXPRESSION_TOPIC, self._on_live_expression,
+                                                                 EXPRESSION_QOS)
+        self._watch_latched_publishers()
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
     @logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        reliability = RELIABILITIES[self.get_parameter("image_reliability").value]
-        latest_only = QoSProfile(depth=1, history=QoSHistoryPolicy.KEEP_LAST, reliability=reliability,
-                                 durability=qos_profile_sensor_data.durability)
-        small = QoSProfile(depth=STAMP_BUFFER_LENGTH, reliability=reliability,
-                           durability=qos_profile_sensor_data.durability)
+        reliability = self.get_parameter("image_reliability").value
         self._input_subscriptions = [
-            self.create_subscription(Image, "image", self._on_image, latest_only),
-            self.create_subscription(Image, "depth", self._on_depth, small),
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, small),
+            self.create_subscription(Image, IMAGE_TOPIC, self._on_image, image_qos(reliability)),
+            self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, paired_input_qos(reliability)),
+            self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, paired_input_qos(reliability)),
         ]
         self._stop_worker.clear()
         self._worker = threading.Thread(target=self._run_worker, name="meres_inference", daemon=True)
         self._worker.start()
+        self._health.activated()
         self.get_logger().info(
-            f"active: segmenting '{self.resolve_topic_name('image')}' for "
-            f"'{self.resolve_topic_name('/referring_expression')}' "
-            f"({'; '.join(self._current_expressions()) or 'no expression yet'})")
+            f"active: segmenting '{self.resolve_topic_name(IMAGE_TOPIC)}' for "
+            f"'{self.resolve_topic_name(EXPRESSION_TOPIC)}' "
+            f"({'; '.join(self._expressions.texts) or 'no expression yet'})")
         return super().on_activate(state)
 
     @logged_transition
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop()
+        if self._model_broken:  # the worker asked for this deactivate: make it the error path
+            return TransitionCallbackReturn.ERROR
         self.get_logger().info("inactive")
         return super().on_deactivate(state)
 
@@ -346,9 +291,14 @@ class MeresNode(LifecycleNode):
 
     @logged_transition
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.get_logger().error(f"error in state {state.label}: releasing everything")
+        self.get_logger().error(f"error processing (from {state.label}): model released, node unconfigured; "
+                                "configure it again once the cause is fixed")
         self.release()
         return TransitionCallbackReturn.SUCCESS
+
+    def _take_error_path(self) -> None:
+        if self._worker is not None:
+            self.trigger_deactivate()  # on_deactivate returns ERROR: errorprocessing -> on_error -> unconfigured
 
     def _stop(self) -> None:
         """Stop the worker and drop the image subscriptions (inverse of activate)."""
@@ -369,9 +319,10 @@ class MeresNode(LifecycleNode):
     def release(self) -> None:
         """Inverse of configure, from any state; also what process exit runs."""
         self._stop()
-        if self._expression_subscription is not None:
-            self.destroy_subscription(self._expression_subscription)
-            self._expression_subscription = None
+        for subscription in (self._expression_subscription, self._history_subscription):
+            if subscription is not None:
+                self.destroy_subscription(subscription)
+        self._expression_subscription = self._history_subscription = None
         for name, publisher in self._outputs.items():
             if name == "expression":
                 self.destroy_publisher(publisher)
@@ -379,55 +330,57 @@ class MeresNode(LifecycleNode):
                 self.destroy_lifecycle_publisher(publisher)
         self._outputs = {}
         self._segmenter = None
+        self._model_description = "not loaded"
         release_memory()
 
     def _log_statistics(self) -> None:
-        if not self._stats["received"]:
+        received = self._health.count("image")
+        if not received:
             return
         problems = ", ".join(f"{kind} {count}" for kind, count in sorted(self._problems.counts.items())) or "none"
         self.get_logger().info(
-            f"frames: received {self._stats['received']}, segmented {self._stats['segmented']}, "
-            f"dropped as stale {self._frames.dropped}; bad input: {problems}")
+            f"frames: received {received}, answered {self._health.count('result')}, "
+            f"dropped as stale {self._frames.dropped}, dropped for a newer sentence {self._stale_results}; "
+            f"bad input: {problems}")
 
     # Parameters --------------------------------------------------------------------------
 
-    def _validate_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+    def _parameter(self, name: str):
+        """The value, None for one declared unset (get_parameter raises for those)."""
+        return self.get_parameter_or(name).value
+
+    def _check_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         values = {p.name: p.value for p in parameters}
-        if "device" in values and not DEVICE_PATTERN.match(str(values["device"])):
-            return SetParametersResult(successful=False, reason=f"device must be auto, cpu, cuda or cuda:N, got {values['device']!r}")
-        if "precision" in values and values["precision"] not in PRECISIONS:
-            return SetParametersResult(successful=False, reason=f"precision must be one of {', '.join(PRECISIONS)}")
-        if "image_reliability" in values and values["image_reliability"] not in RELIABILITIES:
-            return SetParametersResult(successful=False, reason=f"image_reliability must be one of {', '.join(RELIABILITIES)}")
-        depth_min = values.get("depth_min", self._parameter_or_none("depth_min"))
-        depth_max = values.get("depth_max", self._parameter_or_none("depth_max"))
-        if depth_min is not None and depth_max is not None and depth_min >= depth_max:
-            return SetParametersResult(successful=False, reason=f"depth_min {depth_min} must be below depth_max {depth_max}")
+        current = {name: self._parameter(name) for name in PARAMETERS if self.has_parameter(name)}
+        current.update(values)
+        for name, value in values.items():
+            problem = parameter_problem(name, value, current)
+            if problem is not None:
+                return SetParametersResult(successful=False, reason=problem)
+        if self._ready and not self._post_set_available:
+            self._apply_parameters(values)  # Humble: the values are accepted but not stored yet
         return SetParametersResult(successful=True)
 
-    def _parameter_or_none(self, name: str):
-        return self.get_parameter(name).value if self.has_parameter(name) else None
-
-    def _apply_parameters(self, parameters: list[Parameter]) -> None:
-        names = {p.name for p in parameters}
-        self._settings = self._read_live_settings()
-        self._problems.period_s = self.get_parameter("problem_log_period").value
-        if self._segmenter is not None:
-            self._segmenter.mask_threshold = self.get_parameter("mask_threshold").value
-            self._segmenter.presence_threshold = self.get_parameter("presence_threshold").value
-        if "expressions" in names and self._segmenter is not None:
-            self._set_expressions(self._expressions_parameter(), origin="parameter expressions")
-        deferred = sorted(names - LIVE_PARAMETERS)
+    def _apply_parameters(self, changed: dict) -> None:
+        """`changed`: the parameters just accepted, with their new values."""
+        value = lambda name: changed[name] if name in changed else self._parameter(name)  # noqa: E731
+        self._settings = self._read_live_settings(value)
+        self._problems.period_s = value("problem_log_period")
+        self._health.image_timeout_s = value("image_timeout")
+        self._health.failure_limit = value("max_consecutive_failures")
+        if "expressions" in changed and self._segmenter is not None:
+            self._set_expressions(self._expressions_parameter(changed.get("expressions")), origin="parameter expressions")
+        deferred = sorted(set(changed) - LIVE_PARAMETERS)
         if deferred:
             self.get_logger().info(f"{', '.join(deferred)} take effect at the next configure / activate")
 
-    def _expressions_parameter(self) -> list[str]:
-        # An empty list in YAML leaves a string-array parameter unset, hence get_parameter_or.
-        values = self.get_parameter_or("expressions").value or []
-        return [e.strip()[:MAX_EXPRESSION_CHARS] for e in values if e.strip()][: self._settings.max_expressions]
+    def _expressions_parameter(self, values: Optional[list[str]] = None) -> list[str]:
+        if values is None:  # an empty list in YAML leaves a string-array parameter unset
+            values = self._parameter("expressions")
+        return [e.strip()[:MAX_EXPRESSION_CHARS] for e in values or [] if e.strip()][: self._settings.max_expressions]
 
-    def _read_live_settings(self) -> LiveSettings:
-        value = lambda name: self.get_parameter(name).value  # noqa: E731
+    @staticmethod
+    def _read_live_settings(value: Callable[[str], object]) -> LiveSettings:
         return LiveSettings(
             max_expressions=value("max_expressions"),
             max_rate=value("max_rate"),
@@ -436,32 +389,65 @@ class MeresNode(LifecycleNode):
             depth=DepthSettings(scale=value("depth_scale"), depth_range=DepthRange(value("depth_min"), value("depth_max")),
                                 erosion_px=value("depth_erosion_px")),
             sync_tolerance_ns=int(value("sync_tolerance") * 1e9),
+            sync_wait_s=value("sync_wait"),
+            rectified=value("rectified"),
+            mask_threshold=value("mask_threshold"),
+            presence_threshold=value("presence_threshold"),
         )
 
-    # Callbacks: store, never compute -----------------------------------------------------
+    # Expressions -------------------------------------------------------------------------
 
-    def _on_expression(self, msg: String) -> None:
+    def _watch_latched_publishers(self) -> None:
+        """Hold a transient-local subscription exactly while a latched publisher exists.
+
+        Only such a subscription is sent what a latched publisher published before it
+        matched; while no latched publisher exists it would only make volatile publishers
+        log that it is incompatible with them.
+        """
+        if self._expression_subscription is None:
+            return
+        publishers = self.get_publishers_info_by_topic(self.resolve_topic_name(EXPRESSION_TOPIC))
+        latched = any(p.qos_profile.durability == QoSDurabilityPolicy.TRANSIENT_LOCAL for p in publishers)
+        if latched and self._history_subscription is None:
+            quiet = SubscriptionEventCallbacks(incompatible_qos=lambda event: self.get_logger().debug(
+                "a volatile publisher of the expression topic does not match the latched-history subscription "
+                "(expected: the volatile subscription hears it)"))
+            self._history_subscription = self.create_subscription(
+                String, EXPRESSION_TOPIC, self._on_latched_expression, EXPRESSION_HISTORY_QOS, event_callbacks=quiet)
+        elif not latched and self._history_subscription is not None:
+            self.destroy_subscription(self._history_subscription)
+            self._history_subscription = None
+
+    def _on_live_expression(self, msg: String) -> None:
+        self._latched_copies.heard_live(msg.data)
+        self._take_expression(msg.data, EXPRESSION_TOPIC)
+
+    def _on_latched_expression(self, msg: String) -> None:
+        if not self._latched_copies.is_copy(msg.data):
+            self._take_expression(msg.data, f"{EXPRESSION_TOPIC} (latched)")
+
+    def _take_expression(self, text: str, origin: str) -> None:
         try:
-            expressions = parse_expressions(msg.data, self._settings.max_expressions)
+            expressions = parse_expressions(text, self._settings.max_expressions)
         except ValueError as error:
             self._problems.report("expression", f"ignored: {error}")
             return
-        self._set_expressions(expressions, origin="/referring_expression")
+        self._set_expressions(expressions, origin)
 
     def _set_expressions(self, expressions: list[str], origin: str) -> None:
         with self._expressions_lock:
-            self._expressions = expressions
+            if tuple(expressions) == self._expressions.texts:
+                return
+            self._expressions = Expressions(tuple(expressions), self._expressions.generation + 1)
         shown = "; ".join(expressions)
         self.get_logger().info(f"expressions from {origin}: {shown[:200]!r}" if expressions else f"target cleared by {origin}")
         if "expression" in self._outputs:
             self._outputs["expression"].publish(String(data=shown))
 
-    def _current_expressions(self) -> list[str]:
-        with self._expressions_lock:
-            return list(self._expressions)
+    # Sensor callbacks: store, never compute ----------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
-        self._stats["received"] += 1
+        self._health.received("image")
         try:
             check_color_image(msg)  # here, not in the worker: it sees only the frames it has time for
         except ValueError as error:
@@ -475,10 +461,10 @@ class MeresNode(LifecycleNode):
             self._depths.clear()
             self._camera_infos.clear()
         self._last_color_stamp = stamp
-        self._frames.put(msg)
+        self._frames.put((msg, time.monotonic()))
 
     def _on_depth(self, msg: Image) -> None:
-        self._stats["depth_received"] += 1
+        self._health.received("depth")
         try:
             check_depth_image(msg)
         except ValueError as error:
@@ -487,9 +473,9 @@ class MeresNode(LifecycleNode):
         self._depths.add(msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self._stats["camera_info_received"] += 1
+        self._health.received("camera_info")
         try:
-            PinholeCamera.from_camera_info(msg)
+            PinholeCamera.from_camera_info(msg, self._settings.rectified)
         except ValueError as error:
             self._problems.report("camera_info", f"CameraInfo dropped: {error}")
             return
@@ -504,20 +490,41 @@ class MeresNode(LifecycleNode):
             delay = next_start - time.monotonic()
             if delay > 0 and self._stop_worker.wait(delay):
                 break
-            msg = self._frames.take(timeout=0.2)
-            if msg is None:
+            item = self._frames.take(timeout=0.2)
+            if item is None:
                 continue
             settings = self._settings
             next_start = time.monotonic() + (1.0 / settings.max_rate if settings.max_rate > 0 else 0.0)
             try:
-                self._process(msg, settings)
-            except Exception as error:  # a bug or a device failure must not end the worker
-                self._problems.report("internal", f"frame skipped: {type(error).__name__}: {error}")
+                self._process(*item, settings)
+            except Exception as error:  # the model (or a bug) failed on this frame: skip it, count it
+                if self._worker_failed(error):
+                    return
 
-    def _process(self, msg: Image, settings: LiveSettings) -> None:
-        expressions = self._current_expressions()
+    def _worker_failed(self, error: Exception) -> bool:
+        """Log a failure (with its traceback the first time of its kind); True when the node must stop."""
+        kind = type(error).__name__
+        description = f"{kind}: {error}"
+        failure = self._health.failed(kind, description)
+        if failure.first_of_its_kind:
+            self.get_logger().error(f"frame skipped: {description}\n{traceback.format_exc()}")
+        else:
+            self._problems.report("model", f"frame skipped: {description}")
+        if "OutOfMemory" in kind:
+            release_memory()  # give the next frame its chance
+        if not failure.limit_reached:
+            return False
+        self.get_logger().error(
+            f"the model failed on {failure.consecutive} frames in a row (max_consecutive_failures); last: "
+            f"{description}. Taking the lifecycle error path: the model is released and the node unconfigured")
+        self._model_broken = True
+        self._error_path.trigger()
+        return True
+
+    def _process(self, msg: Image, received_at: float, settings: LiveSettings) -> None:
+        expressions = self._expressions
         segmenter = self._segmenter
-        if not expressions or segmenter is None:
+        if not expressions.texts or segmenter is None:
             return
         try:
             rgb = image_to_rgb(msg)
@@ -527,59 +534,75 @@ class MeresNode(LifecycleNode):
         frame = Frame(rgb)
         if settings.use_depth:
             self._attach_depth(frame, msg, settings)
-        try:
-            targets = segment_frame(segmenter, frame, expressions, settings.depth)
-        except ValueError as error:
-            self._problems.report("inference", f"segmentation refused: {error}")
-            return
-        self._stats["segmented"] += 1
+        decision = decision_for(segmenter, settings.mask_threshold, settings.presence_threshold)
+        # Inputs are checked by now: whatever this raises is the model failing (see _worker_failed).
+        targets = segment_frame(segmenter, frame, expressions.texts, settings.depth, decision)
         if frame.depth_m is not None:
             for target in targets:
                 if target.pixel_centroid is not None and target.point_3d is None:
                     self._problems.report("depth", f"no valid depth inside the mask of {target.expression[:40]!r} "
                                                    f"(NaN, 0 or outside [{settings.depth.depth_range.min_m:g}, "
-                                                   f"{settings.depth.depth_range.max_m:g}] m): centroid in pixels")
-        self._publish(msg.header, frame, targets, settings)
+                                                   f"{settings.depth.depth_range.max_m:g}] m): no 3D centroid")
+        self._publish(msg.header, frame, targets, settings, expressions, received_at)
 
     def _attach_depth(self, frame: Frame, msg: Image, settings: LiveSettings) -> None:
-        stamp = stamp_ns(msg.header.stamp)
-        depth_msg = self._depths.nearest(stamp, settings.sync_tolerance_ns)
-        info_msg = self._camera_infos.nearest(stamp, settings.sync_tolerance_ns)
-        if not (self._stats["depth_received"] and self._stats["camera_info_received"]):
-            self.get_logger().info("no depth or camera_info received yet: ~/centroid is in pixels until both arrive "
+        if not (self._health.count("depth") and self._health.count("camera_info")):
+            self.get_logger().info("no depth or camera_info received yet: no 3D centroid until both arrive "
                                    "(use_depth:=false if there is no depth camera)", once=True)
             return
+        stamp = stamp_ns(msg.header.stamp)
+        deadline = time.monotonic() + settings.sync_wait_s
+        depth_msg = self._depths.wait_for_partner(stamp, settings.sync_tolerance_ns, settings.sync_wait_s,
+                                                  LIVE_STREAM_WINDOW_NS)
+        info_msg = self._camera_infos.wait_for_partner(stamp, settings.sync_tolerance_ns,
+                                                       max(deadline - time.monotonic(), 0.0), LIVE_STREAM_WINDOW_NS)
         if depth_msg is None or info_msg is None:
             missing = " and ".join(name for name, m in (("depth", depth_msg), ("camera_info", info_msg)) if m is None)
             self._problems.report("sync", f"no {missing} within {settings.sync_tolerance_ns / 1e9:g} s of the color "
-                                          "frame: centroid without metric depth")
+                                          "frame: no 3D centroid")
             return
+        for name, partner in (("depth", depth_msg), ("camera_info", info_msg)):
+            if partner.header.frame_id != msg.header.frame_id:
+                self._problems.report("frame_id", f"{name} frame_id '{partner.header.frame_id}' differs from the "
+                                                  f"image's '{msg.header.frame_id}': depth must be registered to the "
+                                                  "color image and camera_info must be the color camera's")
         try:
-            frame.depth_m, frame.camera = depth_and_camera(frame.rgb.shape, depth_msg, info_msg, settings.depth.scale)
+            frame.depth_m, frame.camera = depth_and_camera(frame.rgb.shape, depth_msg, info_msg, settings.depth.scale,
+                                                           settings.rectified)
         except InputError as error:
             self._problems.report(error.kind, f"no 3D centroid for this frame: {error}")
 
     # Output ------------------------------------------------------------------------------
 
-    def _publish(self, header, frame: Frame, targets: list[Target], settings: LiveSettings) -> None:
+    def _publish(self, header, frame: Frame, targets: list[Target], settings: LiveSettings,
+                 expressions: Expressions, received_at: float) -> None:
         primary = targets[0]
-        if primary.pixel_centroid is not None:
-            point = PointStamped(header=header)
-            if primary.point_3d is not None:
-                point.point.x, point.point.y, point.point.z = primary.point_3d
-            else:
-                point.point.x, point.point.y = primary.pixel_centroid
-            self._outputs["centroid"].publish(point)
+        centroid = None
+        if primary.point_3d is not None:
+            centroid = PointStamped(header=header)
+            centroid.point.x, centroid.point.y, centroid.point.z = primary.point_3d
         masks = [numpy_to_image(t.mask.astype(np.uint8) * 255, "mono8", header) for t in targets]
+        results = None
         if self._result_types is not None:
             elapsed = inference_ms(targets)
             results = [self._result_message(header, t, m, elapsed) for t, m in zip(targets, masks)]
-            self._outputs["result"].publish(results[0])
-            self._outputs["results"].publish(self._result_types[1](header=header, results=results))
-        self._outputs["mask"].publish(masks[0])
-        debug = self._outputs["debug_image"]
-        if settings.publish_debug and debug.get_subscription_count() > 0:
-            debug.publish(numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header))
+        debug = self._outputs.get("debug_image")
+        overlay = None
+        if settings.publish_debug and debug is not None and debug.get_subscription_count() > 0:
+            overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
+        with self._expressions_lock:
+            if self._expressions is not expressions or not self._outputs:
+                self._stale_results += 1  # computed for sentences the node no longer holds: never published
+                return
+            if centroid is not None:
+                self._outputs["centroid"].publish(centroid)
+            if results is not None:
+                self._outputs["result"].publish(results[0])
+                self._outputs["results"].publish(self._result_types[1](header=header, results=results))
+            if overlay is not None:
+                debug.publish(overlay)
+            self._outputs["mask"].publish(masks[0])
+        self._health.published(time.monotonic() - received_at)
 
     def _result_message(self, header, target: Target, mask: Image, elapsed_ms: float):
         result = self._result_types[0](header=header, expression=target.expression, found=target.found,
@@ -594,18 +617,53 @@ class MeresNode(LifecycleNode):
             result.centroid_3d.x, result.centroid_3d.y, result.centroid_3d.z = target.point_3d
         return result
 
+    # Diagnostics -------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._watch_latched_publishers()
+        self._publish_diagnostics()
+
+    def _lifecycle_label(self) -> str:
+        if self._worker is not None:
+            return "active"
+        return "inactive" if self._segmenter is not None else "unconfigured"
+
+    def _publish_diagnostics(self) -> None:
+        segmenter = self._segmenter
+        details = {"model": self._model_description}
+        if segmenter is not None:
+            decision = decision_for(segmenter, self._settings.mask_threshold, self._settings.presence_threshold)
+            details.update({"device": str(segmenter.device), "precision": str(segmenter.dtype).removeprefix("torch."),
+                            "mask_threshold": f"{decision.mask_threshold:g}",
+                            "presence_threshold": f"{decision.presence_threshold:g}"})
+        details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"
+        details["results dropped for a newer sentence"] = str(self._stale_results)
+        report = self._health.report(self._lifecycle_label(), details, self._frames.dropped)
+        status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[report.level],
+                                  name=f"meres_node: {self.get_fully_qualified_name()}",
+                                  message=report.message, hardware_id=details.get("device", ""),
+                                  values=[KeyValue(key=k, value=v) for k, v in report.values.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics.publish(array)
+
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main(args=None) -> None:
+def main(args=None) -> int:
     # SIGINT / SIGTERM raise KeyboardInterrupt here instead of rclpy shutting the context down
     # from its own handler, so the node can still log and publish while it releases the model.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    node = MeresNode()
+    try:
+        node = MeresNode()
+    except ParameterException as error:  # a bad value in a parameter file or on the command line
+        rclpy.logging.get_logger(NODE_NAME).fatal(f"refusing to start: invalid parameter: {error}")
+        rclpy.try_shutdown()
+        return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
@@ -620,7 +678,8 @@ def main(args=None) -> None:
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,8 +8,7 @@ from __future__ import annotations
 import gc
 import math
 import sys
-import threading
-from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -20,7 +19,7 @@ from meres_ros.conversions import image_to_depth
 from meres_ros.geometry import DepthRange, PinholeCamera, depth_to_meters, robust_depth
 
 if TYPE_CHECKING:  # meres_core pulls in torch: imported when a model is loaded, not before
-    from meres_core.inference import SegmentationResult, Segmenter
+    from meres_core.inference import Decision, SegmentationResult, Segmenter
 
 EXPRESSION_SEPARATOR = ";"
 # A sentence longer than this is not a referring expression but a pasted document;
@@ -60,16 +59,21 @@ class ModelSource:
         return f"{origin} on device={self.device} precision={self.precision}"
 
 
-def load_segmenter(source: ModelSource, mask_threshold: float, presence_threshold: float) -> "Segmenter":
+def load_segmenter(source: ModelSource) -> "Segmenter":
+    """The model; its own decision thresholds stay as its config says (callers pass others per call)."""
     from meres_core.inference import Segmenter
 
     if source.preset:
-        segmenter = Segmenter.from_preset(source.preset, seed=source.seed, device=source.device, precision=source.precision)
-    else:
-        segmenter = Segmenter.from_checkpoint(source.checkpoint, device=source.device, precision=source.precision)
-    segmenter.mask_threshold = mask_threshold
-    segmenter.presence_threshold = presence_threshold
-    return segmenter
+        return Segmenter.from_preset(source.preset, seed=source.seed, device=source.device, precision=source.precision)
+    return Segmenter.from_checkpoint(source.checkpoint, device=source.device, precision=source.precision)
+
+
+def decision_for(segmenter: "Segmenter", mask_threshold: Optional[float] = None,
+                 presence_threshold: Optional[float] = None) -> "Decision":
+    """The model's own decision with the given thresholds in place of its own (None: keep the model's)."""
+    overrides = {name: value for name, value in (("mask_threshold", mask_threshold),
+                                                 ("presence_threshold", presence_threshold)) if value is not None}
+    return dataclasses.replace(segmenter.decision, **overrides)
 
 
 def release_memory() -> None:
@@ -149,10 +153,11 @@ class InputError(ValueError):
         self.kind = kind
 
 
-def depth_and_camera(rgb_shape: Sequence[int], depth_msg, camera_info_msg, scale: float) -> tuple[np.ndarray, PinholeCamera]:
+def depth_and_camera(rgb_shape: Sequence[int], depth_msg, camera_info_msg, scale: float,
+                     rectified: bool = False) -> tuple[np.ndarray, PinholeCamera]:
     """A depth Image and a CameraInfo matched to a color frame -> (depth in metres, camera), checked against it."""
     try:
-        camera = PinholeCamera.from_camera_info(camera_info_msg)
+        camera = PinholeCamera.from_camera_info(camera_info_msg, rectified)
         camera.check_matches(*rgb_shape[:2])
     except ValueError as error:
         raise InputError("camera_info", str(error)) from None
@@ -162,37 +167,22 @@ def depth_and_camera(rgb_shape: Sequence[int], depth_msg, camera_info_msg, scale
         raise InputError("depth", str(error)) from None
 
 
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-class StampBuffer:
-    """The last messages of a topic, looked up by nearest header stamp (thread-safe)."""
-
-    def __init__(self, length: int):
-        self._items: deque[tuple[int, object]] = deque(maxlen=length)
-        self._lock = threading.Lock()
-
-    def add(self, msg) -> None:
-        with self._lock:
-            self._items.append((stamp_ns(msg.header.stamp), msg))
-
-    def nearest(self, stamp: int, tolerance_ns: int):
-        with self._lock:
-            best = min(self._items, key=lambda item: abs(item[0] - stamp), default=None)
-        if best is None or abs(best[0] - stamp) > tolerance_ns:
-            return None
-        return best[1]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
+class ModelOutputError(RuntimeError):
+    """The model ran but its output is unusable (NaN / inf probabilities)."""
 
 
 def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[str],
-                  depth_settings: DepthSettings = DepthSettings()) -> list[Target]:
-    """All expressions in one batched `segment` call, then 3D where depth and camera allow."""
-    results = segmenter.segment(frame.rgb, list(expressions))
+                  depth_settings: DepthSettings = DepthSettings(), decision: Optional["Decision"] = None) -> list[Target]:
+    """All expressions in one batched `segment` call, then 3D where depth and camera allow.
+
+    Raises ModelOutputError when the model's output is not finite: thresholding NaN
+    would quietly answer "not found" where the truth is "the model is broken".
+    """
+    results = segmenter.segment(frame.rgb, list(expressions), decision)
+    for result in results:
+        if not np.isfinite(result.probability).all():
+            raise ModelOutputError(f"non-finite model output for {result.expression[:40]!r} "
+                                   f"({int((~np.isfinite(result.probability)).sum())} NaN / inf pixels)")
     targets = [Target(result) for result in results]
     if frame.depth_m is None or frame.camera is None:
         return targets

@@ -32,15 +32,15 @@ from meres_ros.pipeline import (
     Frame,
     InputError,
     ModelSource,
-    StampBuffer,
+    decision_for,
     depth_and_camera,
     load_segmenter,
     parse_expressions,
     render_overlay,
     segment_frame,
-    stamp_ns,
     target_to_dict,
 )
+from meres_ros.streams import StampBuffer, stamp_ns
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 BAG_SUFFIXES = {".db3", ".mcap"}
@@ -163,7 +163,8 @@ def run(args) -> int:
     source = ModelSource(checkpoint=args.checkpoint, preset=args.preset, seed=args.seed, device=args.device,
                          precision=args.precision)
     print(f"loading {source.describe()}")
-    segmenter = load_segmenter(source, args.mask_threshold, args.presence_threshold)
+    segmenter = load_segmenter(source)
+    decision = decision_for(segmenter, args.mask_threshold, args.presence_threshold)
     depth_settings = DepthSettings(scale=args.depth_scale, depth_range=DepthRange(args.depth_min, args.depth_max))
     records = []
     started = time.perf_counter()
@@ -172,7 +173,7 @@ def run(args) -> int:
             break
         if count % args.every:
             continue
-        targets = segment_frame(segmenter, item.frame, expressions, depth_settings)
+        targets = segment_frame(segmenter, item.frame, expressions, depth_settings, decision)
         for k, target in enumerate(targets):
             cv2.imwrite(str(out / "masks" / f"{item.name}_{k}.png"), target.mask.astype(np.uint8) * 255)
         overlay = render_overlay(item.frame.rgb, targets)
@@ -199,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of --preset's random weights")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    parser.add_argument("--mask-threshold", type=float, default=0.5)
-    parser.add_argument("--presence-threshold", type=float, default=0.5)
+    parser.add_argument("--mask-threshold", type=float, help="default: the model's own (its inference config)")
+    parser.add_argument("--presence-threshold", type=float, help="default: the model's own (its inference config)")
     parser.add_argument("--every", type=int, default=1, help="segment every N-th frame")
     parser.add_argument("--max-frames", type=int, default=0, help="stop after N input frames (0: all)")
     bag = parser.add_argument_group("ROS 2 bags")

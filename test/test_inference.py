@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from meres_core.inference import Segmenter
+from meres_core.inference import Decision, Segmenter
 
 SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
 
@@ -23,9 +23,7 @@ def test_batched_equals_one_by_one(segmenter, scene):
 
 
 def test_results_have_input_resolution_and_consistent_geometry(segmenter, scene):
-    segmenter.mask_threshold = 0.5
-    segmenter.presence_threshold = 0.0
-    for result in segmenter.segment(scene, SENTENCES):
+    for result in segmenter.segment(scene, SENTENCES, Decision(mask_threshold=0.5, presence_threshold=0.0)):
         assert result.mask.shape == result.probability.shape == scene.shape[:2]
         assert result.mask.dtype == bool and result.probability.dtype == np.float32
         assert set(result.timings_ms) == {"text", "vision", "decode", "post", "total"}
@@ -40,7 +38,7 @@ def test_centroid_is_on_the_most_probable_part_of_the_mask(segmenter):
     probability[5:15, 5:15] = 0.9  # confident blob, 100 px
     probability[20:35, 30:55] = 0.6  # larger but less probable blob: 375 px x 0.6 = 225 > 90
     probability[0:2, 58:60] = 0.99  # tiny speck
-    segmenter.mask_threshold, segmenter.presence_threshold = 0.5, 0.0
+    segmenter.decision = Decision(mask_threshold=0.5, presence_threshold=0.0)
     result = segmenter.decide("x", probability)
     assert result.bbox == (30, 20, 54, 34)
     assert result.centroid == pytest.approx((42.0, 27.0))
@@ -54,9 +52,22 @@ def test_centroid_is_on_the_most_probable_part_of_the_mask(segmenter):
 
 
 def test_absent_when_presence_below_threshold(segmenter, scene):
-    segmenter.presence_threshold = 1.01
-    result = segmenter.segment(scene, "the red circle")[0]
+    result = segmenter.segment(scene, "the red circle", Decision(mask_threshold=0.5, presence_threshold=1.01))[0]
     assert not result.found and result.centroid is None and result.bbox is None
+
+
+def test_decision_per_call_leaves_the_segmenter_alone(segmenter, scene, tiny_cfg):
+    """One owner of the thresholds: the model's InferenceConfig; a caller passes others per call."""
+    assert segmenter.decision == Decision(tiny_cfg.inference.mask_threshold, tiny_cfg.inference.presence_threshold)
+    model_default = segmenter.decision
+    everything = Decision(mask_threshold=0.0, presence_threshold=0.0)
+    [result] = segmenter.segment(scene, "the red circle", decision=everything)
+    assert result.mask.all() and result.found
+    assert segmenter.decision == model_default, "a per-call decision must not change the segmenter"
+    again = segmenter.decide("the red circle", result.probability)  # the two-argument call: the model's own
+    np.testing.assert_array_equal(again.mask, result.probability > model_default.mask_threshold)
+    with pytest.raises(AttributeError):
+        everything.mask_threshold = 0.3  # frozen: swapped whole, never half-changed under a reader
 
 
 def test_text_encoder_runs_once_per_sentence(segmenter, scene, monkeypatch):

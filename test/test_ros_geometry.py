@@ -75,3 +75,48 @@ def test_robust_depth_without_valid_pixels_is_none():
 def test_robust_depth_needs_registered_depth():
     with pytest.raises(ValueError, match="registered"):
         robust_depth(np.ones((10, 12), np.float32), np.ones((10, 10), bool))
+
+
+def distort_by_hand(x: float, y: float, d: list[float]) -> tuple[float, float]:
+    """The plumb_bob / rational_polynomial forward model (Brown-Conrady, as in CameraInfo.msg), written out."""
+    k1, k2, p1, p2, k3, *rest = d + [0.0] * (8 - len(d))
+    k4, k5, k6 = rest[:3]
+    r2 = x * x + y * y
+    radial = (1 + k1 * r2 + k2 * r2**2 + k3 * r2**3) / (1 + k4 * r2 + k5 * r2**2 + k6 * r2**3)
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+
+
+@pytest.mark.parametrize("model, d", [
+    ("plumb_bob", [-0.28, 0.09, 0.0012, -0.0007, -0.015]),
+    ("rational_polynomial", [0.42, -0.11, 0.0009, 0.0004, 0.02, 0.71, -0.05, 0.04]),
+])
+def test_deprojection_undoes_the_lens_distortion(model, d):
+    fx, fy, cx, cy = 615.0, 612.0, 322.0, 241.0
+    info = CameraInfo(width=640, height=480, distortion_model=model, d=d, k=[fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+    # A point 1.6 m ahead, well off-axis, where distortion moves its pixel by several pixels.
+    x, y, z = 0.52, -0.31, 1.6
+    xd, yd = distort_by_hand(x / z, y / z, d)
+    u, v = fx * xd + cx, fy * yd + cy
+    assert math.hypot(u - (fx * x / z + cx), v - (fy * y / z + cy)) > 5.0, "the test point must be visibly distorted"
+    camera = PinholeCamera.from_camera_info(info)
+    assert camera.deproject(u, v, z) == pytest.approx((x, y, z), abs=1e-6)
+
+
+def test_rectified_images_use_p_and_ignore_d():
+    info = CameraInfo(width=640, height=480, distortion_model="plumb_bob", d=[-0.3, 0.1, 0.0, 0.0, 0.0],
+                      k=[615.0, 0.0, 322.0, 0.0, 612.0, 241.0, 0.0, 0.0, 1.0],
+                      p=[600.0, 0.0, 320.0, 0.0, 0.0, 600.0, 240.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    camera = PinholeCamera.from_camera_info(info, rectified=True)
+    assert camera.deproject(380.0, 180.0, 2.0) == pytest.approx((0.2, -0.2, 2.0))
+
+
+@pytest.mark.parametrize("model, d, reason", [
+    ("equidistant", [0.1, 0.01, 0.0, 0.0], "not supported"),
+    ("plumb_bob", [0.1, 0.01, 0.0], "needs 5"),
+    ("plumb_bob", [math.nan, 0.0, 0.0, 0.0, 0.0], "finite"),
+])
+def test_unusable_distortion_is_rejected(model, d, reason):
+    info = CameraInfo(width=640, height=480, distortion_model=model, d=d, k=[500.0, 0, 320, 0, 500.0, 240, 0, 0, 1])
+    with pytest.raises(ValueError, match=reason):
+        PinholeCamera.from_camera_info(info)

@@ -21,10 +21,11 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo
 
 from meres_core.checkpoint import save_checkpoint
-from meres_core.inference import Segmenter
-from meres_ros.client import MeresClient, NodeProcess, config_file, stamp_to_ns
+from meres_core.inference import Decision, Segmenter
+from meres_ros.client import MeresClient, NodeProcess, config_file
 from meres_ros.conversions import image_to_numpy
 from meres_ros.geometry import PinholeCamera
+from meres_ros.streams import stamp_ns
 
 FX, FY, CX, CY = 110.0, 100.0, 63.5, 47.5
 
@@ -63,6 +64,13 @@ def monkeypatch_module():
 def checkpoint(tmp_path_factory):
     segmenter = Segmenter.from_preset("tiny", seed=0, device="cpu", precision="fp32")
     return save_checkpoint(tmp_path_factory.mktemp("weights") / "tiny.pt", segmenter.model, segmenter.cfg, {"test": True})
+
+
+def reference_segmentation(checkpoint, rgb, expression, presence_threshold=0.0):
+    """What the node must answer: the same checkpoint, in this process, with the node's thresholds."""
+    reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    decision = Decision(reference.decision.mask_threshold, presence_threshold)
+    return reference.segment(rgb, expression, decision)[0]
 
 
 def node_parameters(checkpoint, **overrides):
@@ -116,18 +124,15 @@ def test_header_is_copied_and_mask_equals_segmenter(node, checkpoint):
     rgb = scene_image()
     answer = client.request(rgb)
     assert answer.header.frame_id == "camera_color_optical_frame"
-    assert stamp_to_ns(answer.header.stamp) == answer.stamp
-    reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
-    reference.presence_threshold = 0.0
-    expected = reference.segment(rgb, "the red disc")[0]
+    assert stamp_ns(answer.header.stamp) == answer.stamp
+    expected = reference_segmentation(checkpoint, rgb, "the red disc")
     assert answer.mask.shape == rgb.shape[:2]
     np.testing.assert_array_equal(answer.mask, expected.mask if expected.found else np.zeros_like(expected.mask))
-    if expected.found:
-        assert (answer.centroid.point.x, answer.centroid.point.y) == pytest.approx(expected.centroid)
-        assert answer.centroid.point.z == 0.0  # no depth sent: pixel coordinates
-    if answer.result is not None:
-        assert answer.result.expression == "the red disc"
-        assert answer.result.score == pytest.approx(expected.score, abs=1e-6)
+    assert answer.result.expression == "the red disc"
+    assert answer.result.score == pytest.approx(expected.score, abs=1e-6)
+    if expected.found:  # no depth sent: the pixel centroid is in ~/result only
+        assert (answer.result.centroid_u, answer.result.centroid_v) == pytest.approx(expected.centroid)
+        assert not answer.result.centroid_3d_valid
 
 
 def test_batched_expressions_answer_each(node, checkpoint):
@@ -152,9 +157,7 @@ def test_centroid_is_deprojected_with_the_robust_depth(node, checkpoint):
     depth_mm[::7, ::5] = 0  # holes: ignored
     depth_mm[0, :] = 9000  # a far border row: outside the eroded mask or outvoted by the median
     answer = client.request(rgb, depth=depth_mm, camera_info=camera_info())
-    reference = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
-    reference.presence_threshold = 0.0
-    expected = reference.segment(rgb, "the red disc")[0]
+    expected = reference_segmentation(checkpoint, rgb, "the red disc")
     assert expected.found, "the test scene must give a mask with these weights"
     u, v = expected.centroid
     by_hand = ((u - CX) * 1.5 / FX, (v - CY) * 1.5 / FY, 1.5)
@@ -174,13 +177,13 @@ def test_burst_of_frames_builds_no_backlog(node):
     for index in range(100):
         rgb = scene_image()
         rgb[0, 0, 0] = index
-        sent.append(stamp_to_ns(client.publish_frame(rgb, frame_id="burst").stamp))
+        sent.append(stamp_ns(client.publish_frame(rgb, frame_id="burst").stamp))
     answered = []
     quiet_since = time.monotonic()
     deadline = time.monotonic() + 60
     while time.monotonic() - quiet_since < 5.0 and time.monotonic() < deadline:
         client.spin(0.1)
-        now_answered = sorted(s for s in client.masks if s >= stamp_to_ns(first_stamp))
+        now_answered = sorted(s for s in client.masks if s >= stamp_ns(first_stamp))
         if now_answered != answered:
             answered, quiet_since = now_answered, time.monotonic()
     assert answered, "the node answered no frame of the burst"
@@ -208,7 +211,7 @@ def test_parameters_from_yaml_then_sigint_exits_cleanly(ros_context, checkpoint,
             assert values["max_rate"] == 7.5 and values["presence_threshold"] == 0.42
             assert list(values["expressions"]) == ["the red disc", "the blue square"]
             assert values["image_reliability"] == "reliable"  # a reliable publisher is matched too
-            assert values["sync_tolerance"] == 0.05  # from config/meres.yaml
+            assert values["sync_tolerance"] == 0.015  # from config/meres.yaml
             assert values["checkpoint"] == str(checkpoint)
             # (then the shared node's client's latched /referring_expression replaces them, as it should)
             assert "expressions from parameter expressions: 'the red disc; the blue square'" in process.log()

@@ -1,10 +1,17 @@
 """The ROS-free pieces shared by node, replay and demo: expression parsing, the problem log, the slots."""
+import re
 import threading
+import time
+from pathlib import Path
 
 import pytest
+import yaml
+from rclpy.parameter import Parameter
 
-from meres_ros.node import LatestSlot, ProblemLog
-from meres_ros.pipeline import MAX_EXPRESSION_CHARS, StampBuffer, parse_expressions
+from meres_ros import health
+from meres_ros.interface import PARAMETERS, parameter_problem
+from meres_ros.pipeline import MAX_EXPRESSION_CHARS, parse_expressions
+from meres_ros.streams import LatchedCopies, LatestSlot, ProblemLog, StampBuffer
 
 
 def test_parse_expressions():
@@ -19,17 +26,11 @@ def test_parse_expressions():
         parse_expressions("a;b;c;d", max_expressions=3)
 
 
-class RecordingLogger:
-    def __init__(self):
-        self.lines = []
-
-    def warning(self, text):
-        self.lines.append(text)
-
-
 def test_problem_log_throttles_per_kind_of_problem():
-    logger = RecordingLogger()
-    problems = ProblemLog(logger, period_s=60.0)
+    class logger:
+        lines = []
+
+    problems = ProblemLog(logger.lines.append, period_s=60.0)
     for width in range(100):
         problems.report("image", f"step {width} is smaller than {width * 3}")
     problems.report("image", "unsupported encoding 'yuv422'")
@@ -71,12 +72,67 @@ def test_stamp_buffer_matches_nearest_within_tolerance():
     assert buffer.nearest(4_000, tolerance_ns=0) is None
 
 
-def test_shipped_yaml_sets_every_declared_parameter():
-    from pathlib import Path
+def test_shipped_yaml_names_every_declared_parameter():
+    """Each parameter is set in config/meres.yaml, or shown commented out when its default is "unset"."""
+    text = (Path(__file__).resolve().parents[1] / "config" / "meres.yaml").read_text()
+    shipped = yaml.safe_load(text)["/**"]["ros__parameters"]
+    commented = set(re.findall(r"^\s*#\s*(\w+):", text, re.MULTILINE))
+    unset = {name for name, (default, _) in PARAMETERS.items()
+             if isinstance(default, Parameter.Type) and name != "expressions"}  # expressions: [] in the file
+    assert unset == {"mask_threshold", "presence_threshold"}, "only the decision thresholds default to the model's own"
+    assert set(shipped) == set(PARAMETERS) - unset
+    assert unset <= commented
 
-    import yaml
 
-    from meres_ros.node import PARAMETERS
+def test_stamp_pairing_waits_for_a_late_partner():
+    """Color at t: the depth frame at t - 33 ms is there, the one at t arrives 50 ms later; pair with t."""
+    buffer = StampBuffer(10)
+    t = 5_000_000_000
+    buffer.add(Stamped(t - 33_000_000))
+    threading.Timer(0.05, buffer.add, args=(late := Stamped(t),)).start()
+    assert buffer.wait_for_partner(t, tolerance_ns=50_000_000, timeout_s=30.0, live_window_ns=10**9) is late
+    # A partner that never comes: the nearest within tolerance once the wait is over.
+    assert buffer.wait_for_partner(t + 40_000_000, 50_000_000, 0.05, 10**9) is late
+    # A silent stream (newest stamp far behind) is not waited for.
+    started = time.monotonic()
+    assert buffer.wait_for_partner(t + 5 * 10**9, 50_000_000, 30.0, live_window_ns=10**9) is None
+    assert time.monotonic() - started < 20.0
 
-    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "meres.yaml").read_text())
-    assert set(shipped["/**"]["ros__parameters"]) == set(PARAMETERS)
+
+def test_latched_copy_of_a_live_sentence_is_recognized():
+    copies = LatchedCopies(window_s=60.0)
+    assert not copies.is_copy("the red mug")  # only heard latched (published before the node started): take it
+    copies.heard_live("the red mug")
+    assert copies.is_copy("the red mug") and not copies.is_copy("the laptop")
+    assert not LatchedCopies(window_s=0.0).is_copy("the red mug")
+
+
+def test_parameter_problems_name_the_parameter():
+    assert "image_reliability" in parameter_problem("image_reliability", "reliabel", {})
+    assert "precision" in parameter_problem("precision", "half", {})
+    assert "device" in parameter_problem("device", "gpu", {})
+    assert "depth_min" in parameter_problem("depth_max", 0.5, {"depth_min": 2.0})
+    assert "depth_max" in parameter_problem("depth_min", 11.0, {"depth_max": 10.0})
+    assert parameter_problem("depth_min", 0.2, {"depth_max": 10.0}) is None
+    assert parameter_problem("precision", "bf16", {}) is None
+
+
+def test_health_reports_rates_latency_and_levels():
+    report = health.Health(image_timeout_s=3600.0, failure_limit=3)
+    report.activated()
+    for _ in range(10):
+        report.received("image")
+        report.published(0.040)
+    ok = report.report("active", {"model": "m"}, dropped=4)
+    assert ok.level == health.OK and ok.values["frames dropped"] == "4" and ok.values["model"] == "m"
+    assert ok.values["latency p50 (ms)"] == "40.0" and float(ok.values["image rate (Hz)"]) > 0
+    failure = report.failed("OutOfMemoryError", "OutOfMemoryError: CUDA out of memory")
+    assert failure.first_of_its_kind and not failure.limit_reached
+    assert not report.failed("OutOfMemoryError", "again").first_of_its_kind
+    assert report.failed("ModelOutputError", "NaN").limit_reached
+    failing = report.report("active", {}, dropped=4)
+    assert failing.level == health.ERROR and "NaN" in failing.message and failing.values["last error"] == "NaN"
+    report.published(0.05)  # a frame went through: the model works again
+    report.image_timeout_s = 0.0
+    assert report.report("active", {}, dropped=4).level == health.WARN  # no image "for 0 s"
+    assert report.report("unconfigured", {}, dropped=4).level == health.OK

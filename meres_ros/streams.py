@@ -1,0 +1,158 @@
+"""The node's rclpy-free plumbing: the latest-frame slot, stamp pairing, the problem log, duplicate sentences.
+
+Everything here is plain Python and thread-safe, so it is tested without ROS and
+the node only wires it to topics.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import Counter, deque
+from typing import Callable, Optional
+
+
+def stamp_ns(stamp) -> int:
+    """builtin_interfaces/Time (or anything with sec and nanosec) -> integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+class LatestSlot:
+    """Holds only the newest item; putting one over an item nobody took drops the old one."""
+
+    def __init__(self):
+        self._condition = threading.Condition()
+        self._item = None
+        self.dropped = 0
+
+    def put(self, item) -> None:
+        with self._condition:
+            if self._item is not None:
+                self.dropped += 1
+            self._item = item
+            self._condition.notify()
+
+    def take(self, timeout: float):
+        with self._condition:
+            if self._item is None:
+                self._condition.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def wake(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+
+class StampBuffer:
+    """The last messages of a topic, paired with another stream's stamps (thread-safe).
+
+    `nearest` answers from what has arrived; `wait_for_partner` also waits, up to
+    a bound, for a partner that is still on its way: a depth frame usually arrives
+    a few milliseconds after the color frame it belongs to, and taking the previous
+    depth frame instead would be motion error.
+    """
+
+    def __init__(self, length: int):
+        self._items: deque[tuple[int, object]] = deque(maxlen=length)
+        self._condition = threading.Condition()
+
+    def add(self, msg) -> None:
+        with self._condition:
+            self._items.append((stamp_ns(msg.header.stamp), msg))
+            self._condition.notify_all()
+
+    def nearest(self, stamp: int, tolerance_ns: int):
+        with self._condition:
+            return self._nearest(stamp, tolerance_ns)
+
+    def _nearest(self, stamp: int, tolerance_ns: int):
+        best = min(self._items, key=lambda item: abs(item[0] - stamp), default=None)
+        if best is None or abs(best[0] - stamp) > tolerance_ns:
+            return None
+        return best[1]
+
+    def newest_stamp(self) -> Optional[int]:
+        with self._condition:
+            return max((s for s, _ in self._items), default=None)
+
+    def wait_for_partner(self, stamp: int, tolerance_ns: int, timeout_s: float, live_window_ns: int):
+        """The message nearest `stamp` (within tolerance), once no nearer one can come, or None.
+
+        No nearer one can come once a message stamped at or after `stamp` has arrived
+        (stamps of one topic increase), so this waits until then or `timeout_s`. It does
+        not wait when the stream is silent (nothing within `live_window_ns` of `stamp`):
+        a camera without depth, or a dropout, must not slow every frame down.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            while True:
+                newest = max((s for s, _ in self._items), default=None)
+                if newest is None or newest >= stamp or stamp - newest > live_window_ns:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            return self._nearest(stamp, tolerance_ns)
+
+    def clear(self) -> None:
+        with self._condition:
+            self._items.clear()
+
+
+class ProblemLog:
+    """Warns about bad input at most once per period for each kind of problem, counting the rest.
+
+    Problems are keyed by their kind and their reason with numbers and quoted
+    values blanked, so a stream of frames with the same defect logs once per
+    period while a different defect is reported at once.
+    """
+
+    def __init__(self, warn: Callable[[str], None], period_s: float):
+        self._warn = warn
+        self.period_s = period_s
+        self._last: dict[tuple[str, str], list] = {}
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def report(self, kind: str, reason: str) -> None:
+        template = re.sub(r"'[^']*'|\"[^\"]*\"|-?\d+(\.\d+)?", "#", reason)
+        now = time.monotonic()
+        with self._lock:
+            self.counts[kind] += 1
+            entry = self._last.get((kind, template))
+            if entry is not None and now - entry[0] < self.period_s:
+                entry[1] += 1
+                return
+            held_back = entry[1] if entry is not None else 0
+            self._last[(kind, template)] = [now, 0]
+        suffix = f" ({held_back} more like it in the last {self.period_s:g} s)" if held_back else ""
+        self._warn(f"[{kind}] {reason}{suffix}")
+
+
+class LatchedCopies:
+    """Recognizes the second copy of a sentence that reached the node on both expression subscriptions.
+
+    The node hears /referring_expression on a volatile subscription (every publisher)
+    and, while a latched publisher exists, on a transient-local one (its history).
+    A latched publisher's live message arrives on both within milliseconds; the
+    transient-local copy of a sentence heard live within `window_s` is that copy,
+    and applying it again could undo a newer sentence from another publisher.
+    """
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._heard_live: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def heard_live(self, text: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.window_s}
+            self._heard_live[text] = now
+
+    def is_copy(self, text: str) -> bool:
+        with self._lock:
+            at = self._heard_live.get(text)
+            return at is not None and time.monotonic() - at < self.window_s
