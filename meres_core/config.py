@@ -81,6 +81,9 @@ class ModelConfig:
     contrastive_loss: bool = True  # Table 4(e)
     contrastive_weight: float = 0.1  # lambda in L = BCE + lambda * L_c
     dice_weight: float = 0.0  # not in the paper; see losses.dice
+    # Not in the paper: normalized x, y maps concatenated to F4 and the decoder's fusions, so
+    # "leftmost" / "second from the left" can be resolved (model/coordinates.py). Off in `paper`.
+    coord_features: bool = False
 
 
 @dataclass

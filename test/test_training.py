@@ -26,7 +26,7 @@ from meres_core.data.synthetic import generate
 from meres_core.model.meres import MERES
 from training import evaluate, train
 from training.config import load_train_config, parse_overrides
-from training.data import ResumableSampler
+from training.data import ResumableSampler, kind_balancing_weights
 
 LEARN_STEPS = 200
 IMG_SIZE = 64  # the tiny preset's input
@@ -118,6 +118,44 @@ def test_resumable_sampler_continues_the_same_order():
     part = ResumableSampler(data, num_replicas=2, rank=1, seed=3)
     part.set_epoch(4, start=5)
     assert list(part) == list(full)[5:] and len(part) == len(full) - 5
+
+
+def test_kind_balanced_sampler_gives_each_kind_an_equal_share_and_resumes():
+    kinds = ["attribute"] * 900 + ["ordinal"] * 90 + ["absent"] * 10
+    weights = kind_balancing_weights(kinds)
+    sampler = ResumableSampler(list(range(len(kinds))), num_replicas=1, rank=0, seed=0, weights=weights)
+    sampler.set_epoch(0)
+    drawn = [kinds[i] for i in sampler]
+    shares = {k: drawn.count(k) / len(drawn) for k in set(kinds)}
+    assert all(abs(share - 1 / 3) < 0.06 for share in shares.values()), shares
+    again = ResumableSampler(list(range(len(kinds))), num_replicas=1, rank=0, seed=0, weights=weights)
+    again.set_epoch(0, start=17)
+    assert list(again) == list(sampler)[17:]
+    sampler.set_epoch(1)
+    assert list(sampler) != [kinds.index(k) for k in drawn]  # a new order each epoch
+
+
+def test_warm_start_widens_for_coordinates_and_keeps_the_old_function(tmp_path, tiny_cfg, scene):
+    """init_from a model without coordinate maps: same outputs at first; the coordinate
+    channels exist and change the output once they are non-zero."""
+    from meres_core.checkpoint import save_checkpoint
+    from meres_core.data.transforms import preprocess_image
+
+    torch.manual_seed(0)
+    old = MERES(tiny_cfg.model).eval()
+    save_checkpoint(tmp_path / "old.pt", old, tiny_cfg)
+    new_cfg = load_config("tiny", overrides={"model": {"coord_features": True}})
+    torch.manual_seed(1)
+    new = MERES(new_cfg.model).eval()
+    train.warm_start(new, str(tmp_path / "old.pt"))
+    assert new.pixel_proj.weight.shape[1] == old.pixel_proj.weight.shape[1] + 2
+    image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None]
+    ids, attention = old.tokenize(["the red circle", "the blue square"])
+    with torch.no_grad():
+        expected = old(image, ids, attention).logits
+        assert torch.allclose(new(image, ids, attention).logits, expected, atol=1e-5)
+        new.pixel_proj.weight[:, -2:].normal_()
+        assert not torch.allclose(new(image, ids, attention).logits, expected, atol=1e-3)
 
 
 # ------------------------------------------------------------------------------ runs

@@ -35,6 +35,8 @@ class SyntheticConfig:
     height: int = 480
     width: int = 640
     depth: bool = False  # training reads RGB only
+    absent_fraction: float = 0.08  # share of no-target ("absent") sentences
+    sentences_per_object: int = 3
 
 
 @dataclass
@@ -50,6 +52,9 @@ class DataConfig:
     # Periodic validation on the first N val samples (None: all). Final numbers come from evaluate.py.
     val_limit: Optional[int] = None
     num_workers: int = 2
+    # Draw training sentences so that every sentence `kind` has the same share (with replacement,
+    # a fixed order per (seed, epoch)); else one pass over the sentences per epoch.
+    balance_kinds: bool = False
     synthetic: Optional[SyntheticConfig] = None
 
 
@@ -101,6 +106,10 @@ class TrainConfig:
     checkpoint_every: int = 1000  # optimizer steps; also at every epoch end
     out_dir: str = "runs/meres"
     device: str = "auto"  # auto | cpu | cuda (the local rank's GPU under torchrun)
+    # Initial weights from another checkpoint (a fine-tuning start; `--resume` takes precedence).
+    # Tensors that gained input channels (e.g. model.coord_features switched on) keep the old
+    # weights and start the new channels at zero, so training starts from the old model's function.
+    init_from: Optional[str] = None
     # torch intra-op threads per process (None: torch's default, one per core). On a shared
     # CPU, 1 avoids OpenMP threads stalling on cores that other processes hold.
     cpu_threads: Optional[int] = None

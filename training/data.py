@@ -4,8 +4,11 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Optional
+
+import torch
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
@@ -47,24 +50,41 @@ def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> Dat
                       collate_fn=collate_samples)
 
 
+def kind_balancing_weights(kinds: list[str]) -> torch.Tensor:
+    """Per-sample weights 1 / count(kind): every kind gets the same expected share of draws."""
+    counts = Counter(kinds)
+    return torch.tensor([1.0 / counts[k] for k in kinds], dtype=torch.double)
+
+
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start part-way into an epoch.
+    """DistributedSampler that can start part-way into an epoch, optionally drawing by weight.
 
     The order of an epoch depends only on (seed, epoch), as in DistributedSampler; skipping
     the first `start` indices of this rank's share resumes exactly where a run stopped,
-    without loading the skipped samples.
+    without loading the skipped samples. With `weights`, an epoch is len(dataset) draws
+    with replacement (torch.multinomial), split across ranks like DistributedSampler's order.
     """
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int):
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
+                 weights: Optional[torch.Tensor] = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        if weights is not None and len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} samples")
+        self.weights = weights
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         super().set_epoch(epoch)
         self.start = start
 
+    def _weighted_order(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
+        return iter(draws[self.rank: self.total_size: self.num_replicas].tolist())
+
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.start, None)
+        order = super().__iter__() if self.weights is None else self._weighted_order()
+        return itertools.islice(order, self.start, None)
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -41,7 +41,7 @@ from meres_core.data.refer import collate_samples
 from meres_core.model.meres import MERES, count_parameters
 
 from .config import TrainConfig, load_train_config, parse_overrides, per_rank_batch, to_dict
-from .data import ResumableSampler, ensure_synthetic, make_dataset, make_eval_loader
+from .data import ResumableSampler, ensure_synthetic, kind_balancing_weights, make_dataset, make_eval_loader
 from .evaluate import autocast, evaluate_model
 
 log = logging.getLogger("training.train")
@@ -150,6 +150,36 @@ def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
     return max(0.0, 1.0 - step / total) ** power
 
 
+def warm_start(model: MERES, path: str) -> None:
+    """Load `path`'s weights into `model` (train config `init_from`).
+
+    Equal shapes are copied. A tensor that gained input channels (dim 1; the coordinate maps
+    are appended last) gets the old weights in its leading channels and zeros in the new
+    ones. Anything else that does not fit is an error, as in `load_weights`.
+    """
+    payload = load_checkpoint(path)
+    weights, state = payload["model"], model.state_dict()
+    problems = [k for k in weights if k not in state]
+    loaded = {}
+    for key, value in weights.items():
+        if key not in state:
+            continue
+        target = state[key]
+        if value.shape == target.shape:
+            loaded[key] = value.to(target.dtype)
+        elif (value.ndim == target.ndim >= 2 and value.shape[0] == target.shape[0]
+              and value.shape[2:] == target.shape[2:] and value.shape[1] < target.shape[1]):
+            widened = torch.zeros_like(target)
+            widened[:, : value.shape[1]] = value
+            loaded[key] = widened
+        else:
+            problems.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
+    if problems:
+        raise ValueError(f"init_from {path}: weights do not fit the model: {'; '.join(problems[:5])}")
+    model.load_state_dict(loaded, strict=False)
+    log.info("initialised %d of %d tensors from %s", len(loaded), len(state), path)
+
+
 class LossModel(nn.Module):
     """What DDP wraps: one forward = MERES forward + losses, so the loss is computed under DDP."""
 
@@ -179,7 +209,10 @@ class Trainer:
         rt.barrier()
         self.train_set = make_dataset(cfg.data, cfg.data.train_split, img_size, categories=cfg.data.categories)
         self.micro_batch = per_rank_batch(cfg, rt.world_size)
-        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed)
+        weights = None
+        if cfg.data.balance_kinds:
+            weights = kind_balancing_weights([str(s.get("kind", cfg.data.dataset)) for _, s in self.train_set.samples])
+        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed, weights)
         # The loader's own generator (worker seeds) keeps iterator creation from drawing on the
         # global torch RNG, so a resumed run's dropout stream matches an uninterrupted one.
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
@@ -197,6 +230,8 @@ class Trainer:
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
         self.model = MERES(self.model_cfg.model).to(rt.device)
+        if cfg.init_from:
+            warm_start(self.model, cfg.init_from)
         loss_model = LossModel(self.model)
         self.ddp = (DistributedDataParallel(loss_model, find_unused_parameters=cfg.find_unused_parameters)
                     if rt.distributed else loss_model)

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-VERSION = "1.0"
+VERSION = "1.1"
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 KINDS = ("category", "attribute", "spatial", "ordinal", "size", "absent")
@@ -388,13 +388,18 @@ def _relations(shapes, t, members, centroids, margin, category, color) -> list[Q
 
 
 def _absent_query(rng: np.random.Generator, shapes: list[Shape]) -> Query:
-    """A (category, colour) with no match: a missing category, or a present one in a missing colour."""
+    """A (category, colour) with no match: a missing category, or a present one in a missing colour.
+
+    Hard negatives: a missing category is named in a colour that is in the scene half the
+    time, so neither the colour word nor the shape word alone decides "not here".
+    """
     present = {s.category for s in shapes}
     missing_category = [c for c in CATEGORIES if c not in present]
     missing_color = [(c, k) for c in sorted(present) for k in COLORS if not _members(shapes, c, k)]
     if missing_category and (not missing_color or rng.random() < 0.5):
         category = str(rng.choice(missing_category))
-        return Query("absent", category, str(rng.choice(list(COLORS))) if rng.random() < 0.5 else None)
+        present_colors = sorted({s.color for s in shapes})
+        return Query("absent", category, str(rng.choice(present_colors)) if rng.random() < 0.5 else None)
     category, color = missing_color[int(rng.integers(len(missing_color)))]
     return Query("absent", category, color)
 

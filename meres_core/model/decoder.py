@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttentionBlock
+from .coordinates import COORD_CHANNELS, append_coordinates
 
 
 def conv_block(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -37,15 +38,24 @@ class GuidedStage(nn.Module):
 
 
 class SegmentationDecoder(nn.Module):
-    def __init__(self, encoder_channels: list[int], dims: list[int], guidance_dim: int, num_heads: int):
-        """encoder_channels: C1..C4; dims: decoder widths for the F4, F3, F2, F1 stages."""
+    def __init__(self, encoder_channels: list[int], dims: list[int], guidance_dim: int, num_heads: int,
+                 coord_features: bool = False):
+        """encoder_channels: C1..C4; dims: decoder widths for the F4, F3, F2, F1 stages.
+
+        coord_features: x, y maps enter the F4 projection and every fusion (see coordinates.py).
+        """
         super().__init__()
         c1, c2, c3, c4 = encoder_channels
-        self.input_proj = nn.Sequential(nn.Conv2d(c4, dims[0], 1), nn.GroupNorm(min(8, dims[0]), dims[0]))
+        self.coord_features = coord_features
+        extra = COORD_CHANNELS if coord_features else 0
+        self.input_proj = nn.Sequential(nn.Conv2d(c4 + extra, dims[0], 1), nn.GroupNorm(min(8, dims[0]), dims[0]))
         self.guided = nn.ModuleList(GuidedStage(d, guidance_dim, num_heads) for d in dims)
         skips = [c3, c2, c1]
-        self.fuse = nn.ModuleList(conv_block(dims[i] + skips[i], dims[i + 1]) for i in range(3))
+        self.fuse = nn.ModuleList(conv_block(dims[i] + skips[i] + extra, dims[i + 1]) for i in range(3))
         self.head = nn.Conv2d(dims[-1], 1, 1)  # the final linear projection to one logit
+
+    def _with_coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        return append_coordinates(x) if self.coord_features else x
 
     def forward(self, features: list[torch.Tensor], guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
         """features [F1..F4] (B, C_i, H_i, W_i); guidance (B, L, D); guidance_pad (B, L) True = ignore.
@@ -53,9 +63,9 @@ class SegmentationDecoder(nn.Module):
         Returns logits (B, 1, H_1, W_1).
         """
         f1, f2, f3, f4 = features
-        x = self.guided[0](self.input_proj(f4), guidance, guidance_pad)  # stride 32
+        x = self.guided[0](self.input_proj(self._with_coordinates(f4)), guidance, guidance_pad)  # stride 32
         for i, skip in enumerate((f3, f2, f1)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fuse[i](torch.cat([x, skip], dim=1))
+            x = self.fuse[i](self._with_coordinates(torch.cat([x, skip], dim=1)))
             x = self.guided[i + 1](x, guidance, guidance_pad)  # strides 16, 8, 4
         return self.head(x)

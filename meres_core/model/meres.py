@@ -11,6 +11,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import CrossAttentionBlock
+from .coordinates import COORD_CHANNELS, append_coordinates
 from .decoder import SegmentationDecoder
 from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
@@ -33,14 +34,16 @@ class MERES(nn.Module):
         self.text = TextEncoder(cfg.text)
         d = cfg.dim
         self.text_proj = nn.Linear(self.text.dim, d)  # Q_l into the joint width D
-        self.pixel_proj = nn.Linear(self.vision.channels[-1], d)  # F4 -> F_v (N, D)
+        coord_channels = COORD_CHANNELS if cfg.coord_features else 0
+        self.pixel_proj = nn.Linear(self.vision.channels[-1] + coord_channels, d)  # F4 (+ x, y) -> F_v (N, D)
         self.uses_ve = cfg.guidance in ("ve", "enhanced_le_ve")
         if cfg.guidance != "le":
             # Q^_l: language queries attend to F4 (Sec. 3.2, "enhanced by cross-attention").
             self.enhancer = nn.ModuleList(CrossAttentionBlock(d, cfg.num_heads) for _ in range(cfg.enhance_layers))
         if self.uses_ve:
             self.extractor = VisualExpressionExtractor(cfg.extractor, d, cfg.num_heads)
-        self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads)
+        self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads,
+                                           coord_features=cfg.coord_features)
 
     # -- the three stages, separable so inference can share one image over many sentences
 
@@ -59,7 +62,7 @@ class MERES(nn.Module):
         """features of 1 or B images; text (B, T, D_t). One image is shared by all B sentences."""
         b = text.shape[0]
         features = [f.expand(b, -1, -1, -1) for f in features]
-        f4 = features[-1]
+        f4 = append_coordinates(features[-1]) if self.cfg.coord_features else features[-1]
         h, w = f4.shape[-2:]
         pixels = self.pixel_proj(f4.flatten(2).transpose(1, 2))  # F_v (B, N, D)
         q_l = self.text_proj(text)  # Q_l (B, T, D)
