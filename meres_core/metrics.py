@@ -3,6 +3,11 @@
 oIoU: total intersection / total union over all sentences. mIoU: mean per-sentence
 IoU. P@X: fraction of sentences with IoU >= X (as LAVT). Values are fractions in
 [0, 1]; `format_table` prints them as percentages like the paper.
+
+The robot's answer, when the caller passes it (`found`, `centroid`): `on_target` is the
+fraction of sentences with a target whose grasp point (the published centroid) lies
+inside the target's ground-truth mask, a not-found answer counting as a miss; `found`
+is the fraction answered found (on no-target sentences: the false alarms).
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import numpy as np
 
 PRECISION_THRESHOLDS = (0.5, 0.7, 0.9)
 METRIC_COLUMNS = ("oIoU", "mIoU") + tuple(f"P@{t}" for t in PRECISION_THRESHOLDS)
+ANSWER_COLUMNS = ("on_target", "found")
 
 
 def _as_array(x) -> np.ndarray:
@@ -34,9 +40,13 @@ class SegmentationMetrics:
         self.unions: list[int] = []
         self.ious: list[float] = []
         self.kinds: list[Optional[str]] = []
+        self.found: list[float] = []  # 1 / 0, NaN where the answer was not given
+        self.on_target: list[float] = []  # 1 / 0, NaN where there is no target or no answer
 
-    def update(self, pred, gt, kind: Optional[str] = None) -> float:
-        """Add one sentence (bool masks of the same shape); returns its IoU."""
+    def update(self, pred, gt, kind: Optional[str] = None, found: Optional[bool] = None,
+               centroid: Optional[tuple[float, float]] = None) -> float:
+        """Add one sentence (bool masks of the same shape) and optionally the answer given for it
+        (`found`, and the (u, v) pixel centroid when found); returns its IoU."""
         pred, gt = _as_array(pred).astype(bool), _as_array(gt).astype(bool)
         if pred.shape != gt.shape:
             raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
@@ -49,6 +59,8 @@ class SegmentationMetrics:
         self.unions.append(union)
         self.ious.append(iou)
         self.kinds.append(kind)
+        self.found.append(math.nan if found is None else float(found))
+        self.on_target.append(math.nan if found is None or not gt.any() else float(centroid_on_target(centroid, gt)))
         return iou
 
     def __len__(self) -> int:
@@ -63,6 +75,10 @@ class SegmentationMetrics:
         }
         for t in self.thresholds:
             out[f"P@{t}"] = float((ious >= t).mean()) if len(ious) else math.nan
+        for name in ANSWER_COLUMNS:
+            values = np.asarray(getattr(self, name))[rows]
+            values = values[~np.isnan(values)]
+            out[name] = float(values.mean()) if len(values) else math.nan
         out["n"] = int(len(ious))
         return out
 
@@ -72,6 +88,34 @@ class SegmentationMetrics:
         out = self._summarize(np.ones(len(self.ious), bool))
         out["by_kind"] = {k: self._summarize(kinds == k) for k in sorted(set(self.kinds) - {None})}
         return out
+
+
+def centroid_on_target(centroid: Optional[tuple[float, float]], gt: np.ndarray) -> bool:
+    """Whether the (u, v) pixel centroid falls on the ground-truth mask (False when None)."""
+    if centroid is None:
+        return False
+    u, v = (int(round(c)) for c in centroid)
+    return 0 <= v < gt.shape[0] and 0 <= u < gt.shape[1] and bool(gt[v, u])
+
+
+def calibrate_presence(scores, has_target, thresholds=None) -> dict:
+    """The presence threshold with the best balanced found / not-found accuracy.
+
+    scores: presence score per sentence (0 for an empty mask, see inference.Segmenter.decide);
+    has_target: bool per sentence. Returns the threshold, and the absent sentences rejected
+    and present ones found at it.
+    """
+    scores, has_target = np.asarray(scores, float), np.asarray(has_target, bool)
+    if has_target.all() or not has_target.any():
+        raise ValueError("calibration needs sentences with and without a target")
+    thresholds = np.linspace(0.3, 0.95, 66) if thresholds is None else np.asarray(thresholds, float)
+    found = scores[None, :] >= thresholds[:, None]  # (thresholds, sentences); a 0 score is never found
+    found &= scores[None, :] > 0
+    rejected = (~found[:, ~has_target]).mean(1)
+    kept = found[:, has_target].mean(1)
+    best = int(np.argmax(rejected + kept))
+    return {"threshold": round(float(thresholds[best]), 4), "absent_rejected": float(rejected[best]),
+            "present_found": float(kept[best])}
 
 
 class PixelPR:
@@ -134,9 +178,13 @@ def plot_pr_curves(curves: dict[str, PixelPR], path: Union[str, Path], title: st
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """Rows = the keys of `results` (splits), columns oIoU, mIoU, P@0.5, P@0.7, P@0.9 in %, then n."""
-    header = ["split", *METRIC_COLUMNS, "n"]
-    rows = [[name, *(_percent(summary.get(c)) for c in METRIC_COLUMNS), str(summary.get("n", ""))]
+    """Rows = the keys of `results` (splits), columns oIoU, mIoU, P@0.5, P@0.7, P@0.9 in %, the answer
+    columns (on_target, found) when any row has them, then n."""
+    answers = any(summary.get(c) is not None and not math.isnan(summary[c])
+                  for summary in results.values() for c in ANSWER_COLUMNS)
+    columns = METRIC_COLUMNS + (ANSWER_COLUMNS if answers else ())
+    header = ["split", *columns, "n"]
+    rows = [[name, *(_percent(summary.get(c)) for c in columns), str(summary.get("n", ""))]
             for name, summary in results.items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from meres_core.metrics import PixelPR, SegmentationMetrics, format_table, plot_pr_curves
+from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table, plot_pr_curves
 
 
 def box(shape, y0, y1, x0, x1):
@@ -116,3 +116,32 @@ def test_plot_and_table(tmp_path):
     assert lines[0].split() == ["split", "oIoU", "mIoU", "P@0.5", "P@0.7", "P@0.9", "n"]
     assert lines[2].split() == ["val", "71.43", "71.43", "100.00", "100.00", "0.00", "1"]
     assert lines[3].split() == ["testA", "-", "-", "-", "-", "-", "0"]
+
+
+def test_centroid_on_target_per_kind_counts_misses_and_skips_absent():
+    gt = np.zeros((10, 10), bool)
+    gt[2:5, 6:9] = True  # u 6..8, v 2..4
+    m = SegmentationMetrics()
+    m.update(gt, gt, "spatial", found=True, centroid=(7.0, 3.0))  # on target
+    m.update(gt, gt, "spatial", found=True, centroid=(2.0, 3.0))  # off target (left of it)
+    m.update(np.zeros_like(gt), gt, "ordinal", found=False, centroid=None)  # not found: a miss
+    m.update(gt, gt, "ordinal", found=True, centroid=(8.4, 4.4))  # rounds to (8, 4): inside
+    m.update(np.zeros_like(gt), np.zeros_like(gt), "absent", found=False)
+    m.update(gt, np.zeros_like(gt), "absent", found=True, centroid=(7.0, 3.0))  # a false alarm
+    m.update(gt, gt, "attribute")  # no answer given: counts for IoU only
+    s = m.summary()
+    assert s["by_kind"]["spatial"]["on_target"] == 0.5
+    assert s["by_kind"]["ordinal"]["on_target"] == 0.5 and s["by_kind"]["ordinal"]["found"] == 0.5
+    assert np.isnan(s["by_kind"]["absent"]["on_target"]) and s["by_kind"]["absent"]["found"] == 0.5
+    assert np.isnan(s["by_kind"]["attribute"]["on_target"])
+    assert s["on_target"] == 0.5  # 2 of the 4 present sentences with an answer
+    assert "on_target" in format_table({"all": s})
+
+
+def test_presence_calibration_picks_the_threshold_that_separates_found_from_absent():
+    scores = [0.9, 0.85, 0.8, 0.7, 0.0, 0.55, 0.6, 0.0]
+    has_target = [True, True, True, True, False, False, False, False]
+    best = calibrate_presence(scores, has_target, thresholds=[0.5, 0.65, 0.75, 0.95])
+    assert best == {"threshold": 0.65, "absent_rejected": 1.0, "present_found": 1.0}
+    with pytest.raises(ValueError):
+        calibrate_presence([0.5], [True])

@@ -35,7 +35,7 @@ from meres_core.checkpoint import build_from_checkpoint, resolve_checkpoint
 from meres_core.config import MeresConfig
 from meres_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from meres_core.inference import Segmenter, select_device
-from meres_core.metrics import PixelPR, SegmentationMetrics, format_table
+from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table
 from meres_core.model.meres import MERES
 from meres_core.visualize import draw_overlay
 
@@ -114,17 +114,20 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     metrics = SegmentationMetrics()
     pr = PixelPR() if pr_curve else None
     found_correct = {"absent": [0, 0], "present": [0, 0]}  # [correct, total]
+    scores, has_target = [], []  # for the presence-threshold calibration
     images: list[np.ndarray] = []
     batches = predict(model, loader, device, resolution, precision)
     for batch, probabilities, targets in tqdm(batches, total=len(loader), disable=not progress, desc="evaluate"):
         for i, (probability, target) in enumerate(zip(probabilities, targets)):
             result = segmenter.decide(batch["sentence"][i], probability)
-            metrics.update(result.mask, target, batch["kind"][i])
+            metrics.update(result.mask, target, batch["kind"][i], found=result.found, centroid=result.centroid)
             if pr is not None:
                 pr.update(probability, target)
             group = "absent" if bool(batch["no_target"][i]) else "present"
             found_correct[group][0] += int(result.found != (group == "absent"))
             found_correct[group][1] += 1
+            scores.append(result.score)
+            has_target.append(group == "present")
             if len(images) < overlays and group == "present":
                 rgb = batch["orig_image"][i] if resolution == "original" else input_rgb(batch["image"][i])
                 images.append(overlay(rgb, result, target))
@@ -133,6 +136,9 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     summary["found_accuracy"] = {group: (correct / total if total else None)
                                  for group, (correct, total) in found_correct.items()}
     summary["found_counts"] = {group: total for group, (_, total) in found_correct.items()}
+    summary["presence_threshold"] = segmenter.decision.presence_threshold
+    if found_correct["absent"][1] and found_correct["present"][1]:
+        summary["presence_calibration"] = calibrate_presence(scores, has_target)
     if pr is not None:
         summary["auc_pr"] = pr.auc()
     return EvalResult(summary, pr, images)
@@ -200,7 +206,13 @@ def main(argv=None) -> dict:
     found = report["found_accuracy"]
     print(f"\nresolution: {args.resolution} ({'original image size' if args.resolution == 'original' else 'model input'})"
           f"; AUC-PR {report['auc_pr']:.4f}; found-accuracy: absent {_fmt(found['absent'])} "
-          f"({report['found_counts']['absent']}), present {_fmt(found['present'])}; written to {out}")
+          f"({report['found_counts']['absent']}), present {_fmt(found['present'])} at presence threshold "
+          f"{report['presence_threshold']}; written to {out}")
+    calibration = report.get("presence_calibration")
+    if calibration:
+        print(f"best presence threshold on this split: {calibration['threshold']} (absent rejected "
+              f"{_fmt(calibration['absent_rejected'])}, present found {_fmt(calibration['present_found'])}); "
+              f"set it with `python -m training.export --presence-threshold`")
     return report
 
 

@@ -14,8 +14,11 @@ from pathlib import Path
 from meres_core.checkpoint import build_from_checkpoint, save_checkpoint
 
 
-def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None) -> Path:
+def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None,
+           presence_threshold: float | None = None) -> Path:
     model, cfg, trained_metadata = build_from_checkpoint(checkpoint)
+    if presence_threshold is not None:  # calibrated on the val split (training.evaluate prints it)
+        cfg.inference.presence_threshold = presence_threshold
     return save_checkpoint(out, model, cfg, {**trained_metadata, **(metadata or {})}, half=half)
 
 
@@ -24,8 +27,10 @@ def main(argv=None) -> None:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
+    parser.add_argument("--presence-threshold", type=float,
+                        help="the deployed presence threshold (default: the checkpoint's)")
     args = parser.parse_args(argv)
-    path = export(args.checkpoint, args.out, args.half)
+    path = export(args.checkpoint, args.out, args.half, presence_threshold=args.presence_threshold)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
