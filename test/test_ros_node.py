@@ -5,27 +5,43 @@ masks must be identical); the lifecycle and parameter tests start their own.
 Nothing here assumes that a best-effort frame arrives: `MeresClient.request`
 resends until answered.
 """
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import rclpy
 import yaml
+from diagnostic_msgs.msg import DiagnosticStatus
 from lifecycle_msgs.msg import State, Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import Header, String
+
+try:  # Iron and later
+    from rclpy.event_handler import PublisherEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import PublisherEventCallbacks
 
 from meres_core.checkpoint import save_checkpoint
 from meres_core.inference import Decision, Segmenter
 from meres_ros.client import MeresClient, NodeProcess, config_file
 from meres_ros.conversions import image_to_numpy
 from meres_ros.geometry import PinholeCamera
+from meres_ros.interface import EXPRESSION_HISTORY_QOS, EXPRESSION_QOS
 from meres_ros.streams import stamp_ns
+
+HOOKS = [str(Path(__file__).resolve().parent / "node_hooks.py")]
+RELIABLE = QoSProfile(depth=1)  # reliable images, where a test needs every frame it sends to arrive
 
 FX, FY, CX, CY = 110.0, 100.0, 63.5, 47.5
 
@@ -251,3 +267,307 @@ def test_corrupt_checkpoint_fails_configure_then_recovers(ros_context, checkpoin
         finally:
             client.destroy()
         assert process.alive(), process.log()
+
+
+# Issue 9 ---------------------------------------------------------------------------------------
+
+
+def set_parameter(client: MeresClient, node_name: str, name: str, value):
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return call(client, SetParameters, f"/{node_name}/set_parameters", request).results[0]
+
+
+def wait_for_expression(client: MeresClient, expected: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.active_expression != expected:
+        assert time.monotonic() < deadline, f"the node holds {client.active_expression!r}, not {expected!r}"
+        client.spin(0.05)
+
+
+def wait_until_matched(publisher, timeout: float = 60.0, spin=None) -> None:
+    deadline = time.monotonic() + timeout
+    while publisher.get_subscription_count() == 0:
+        assert time.monotonic() < deadline, "no subscription matched"
+        spin(0.05)
+
+
+def test_expressions_from_any_publisher(ros_context, checkpoint):
+    """Default (volatile) publishers, `ros2 topic pub`'s (latched) and a latched sentence from before the node."""
+    name, topic = "meres_qos", "/meres_qos/referring_expression"
+    early = rclpy.create_node("early_operator", context=ros_context)
+    early.create_publisher(String, topic, EXPRESSION_HISTORY_QOS).publish(String(data="the blue square"))
+    parameters = node_parameters(checkpoint, image_reliability="reliable")
+    with NodeProcess(parameters, node_name=name, remappings={"image": f"{name}/image", "/referring_expression": topic}) \
+            as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image", image_qos=RELIABLE,
+                             expression_topic=f"{name}/unused")
+        try:
+            assert client.wait_for_node(90), process.log()
+            wait_for_expression(client, "the blue square")  # latched before the node started
+            assert client.request(scene_image()).result.expression == "the blue square"
+            early.destroy_node()
+            # With no latched publisher left, the node holds only its volatile subscription: a
+            # default-QoS publisher matches it and has nothing to complain about.
+            deadline = time.monotonic() + 60
+            while client.node.count_subscribers(topic) != 1:
+                assert time.monotonic() < deadline, process.log()
+                client.spin(0.1)
+            incompatible = []
+            plain = client.node.create_publisher(String, topic, 10, event_callbacks=PublisherEventCallbacks(
+                incompatible_qos=incompatible.append))
+            wait_until_matched(plain, spin=client.spin)
+            plain.publish(String(data="the red disc"))
+            wait_for_expression(client, "the red disc")
+            assert not incompatible
+            assert client.request(scene_image()).result.expression == "the red disc"
+            client.node.destroy_publisher(plain)
+            # `ros2 topic pub --once` (reliable, transient local): waits for a match, publishes, exits.
+            once = client.node.create_publisher(String, topic, EXPRESSION_HISTORY_QOS)
+            wait_until_matched(once, spin=client.spin)
+            once.publish(String(data="the blue square; the red disc"))
+            client.spin(0.1)
+            client.node.destroy_publisher(once)
+            wait_for_expression(client, "the blue square; the red disc")
+            # A latched publisher that publishes at once, before any discovery: its history reaches the node.
+            hasty = rclpy.create_node("hasty_operator", context=ros_context)
+            hasty.create_publisher(String, topic, EXPRESSION_HISTORY_QOS).publish(String(data="the red disc"))
+            try:
+                wait_for_expression(client, "the red disc")
+            finally:
+                hasty.destroy_node()
+            # A volatile sentence after it is not undone by the latched one.
+            plain = client.node.create_publisher(String, topic, EXPRESSION_QOS)
+            wait_until_matched(plain, spin=client.spin)
+            plain.publish(String(data="the blue square"))
+            wait_for_expression(client, "the blue square")
+            assert client.request(scene_image()).result.expression == "the blue square"
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
+        assert not [line for line in process.log().splitlines() if "incompatible" in line and "expression" in line]
+
+
+def test_no_result_for_a_replaced_sentence_is_published(ros_context, checkpoint, tmp_path):
+    """A frame in flight when the sentence changes is dropped: ~/mask never answers an old sentence late."""
+    name = "meres_gate"
+    env = {"MERES_TEST_GATE": str(tmp_path)}
+    parameters = node_parameters(checkpoint, image_reliability="reliable")
+    with NodeProcess(parameters, node_name=name, env=env, program=HOOKS,
+                     remappings={"image": f"{name}/image", "/referring_expression": f"/{name}/expression_in"}) \
+            as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image", image_qos=RELIABLE,
+                             expression_topic=f"/{name}/expression_in")
+        try:
+            assert client.wait_for_node(90), process.log()
+            client.set_expression("the red disc")
+            in_flight = stamp_ns(client.publish_frame(scene_image()).stamp)
+            deadline = time.monotonic() + 60
+            while not (tmp_path / "started").exists():  # the model has the frame, and waits
+                assert time.monotonic() < deadline, process.log()
+                client.spin(0.05)
+            client.set_expression("the blue square")
+            (tmp_path / "released").write_text("1000000")
+            answer = client.request(scene_image())
+            assert answer.result.expression == "the blue square"
+            # Same reliable publisher, in order: a mask for the old frame would have come first.
+            assert in_flight not in client.masks and in_flight not in client.results
+            assert answer.stamp > in_flight
+        finally:
+            client.destroy()
+        process.stop()
+        assert "dropped for a newer sentence 1" in process.log()
+
+
+def test_runs_on_the_humble_api(ros_context, checkpoint):
+    """Humble's rclpy has no add_post_set_parameters_callback: live parameters still apply, checks still run."""
+    name = "meres_humble"
+    with NodeProcess(node_parameters(checkpoint), node_name=name, env={"MERES_TEST_HUMBLE": "1"}, program=HOOKS,
+                     remappings={"image": f"{name}/image"}) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image")
+        try:
+            assert client.wait_for_node(90), process.log()
+            assert "add_post_set_parameters_callback removed" in process.log()
+            client.set_expression("the red disc")
+            rgb = scene_image()
+            expected = reference_segmentation(checkpoint, rgb, "the red disc")
+            np.testing.assert_array_equal(client.request(rgb).mask, expected.mask)
+            assert set_parameter(client, name, "mask_threshold", 1.0).successful  # no probability is above 1
+            assert not client.request(rgb).mask.any()
+            refused = set_parameter(client, name, "depth_min", 50.0)
+            assert not refused.successful and "depth_min" in refused.reason
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
+
+
+def test_centroid_topic_carries_only_metres(node, checkpoint):
+    _, client = node
+    client.set_expression("the red disc")
+    without_depth = client.request(scene_image())
+    assert without_depth.result.found and without_depth.centroid is None
+    depth = np.full((96, 128), 1500, np.uint16)
+    with_depth = client.request(scene_image(), depth=depth, camera_info=camera_info())
+    assert with_depth.centroid.point.z == pytest.approx(1.5)
+    # One reliable publisher, in order: a pixel centroid for the earlier frame would have arrived first.
+    assert without_depth.stamp not in client.centroids
+    assert (without_depth.result.centroid_u, without_depth.result.centroid_v) == pytest.approx(
+        reference_segmentation(checkpoint, scene_image(), "the red disc").centroid)
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"image_reliability": "reliabel"}, "image_reliability"),
+    ({"precision": "half"}, "precision"),
+    ({"depth_min": 5.0, "depth_max": 2.0}, "depth_min"),
+    ({"device": "gpu"}, "device"),
+])
+def test_bad_startup_parameters_are_refused_by_name(tmp_path, bad, named):
+    parameters = {"checkpoint": str(tmp_path / "never_loaded.pt"), **bad}
+    process = NodeProcess(parameters).start()
+    try:
+        code = process.process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    log = process.log()
+    process.stop()
+    assert code == 2, f"the node did not refuse {bad} at startup:\n{log}"
+    assert "refusing to start: invalid parameter" in log and named in log, log
+    assert "Traceback" not in log and "KeyError" not in log
+
+
+def camera_info_with_distortion() -> CameraInfo:
+    return CameraInfo(width=128, height=96, distortion_model="plumb_bob", d=[-0.25, 0.08, 0.001, -0.002, 0.0],
+                      k=[FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0])
+
+
+def test_depth_is_paired_by_stamp_and_deprojected_through_the_lens(ros_context, checkpoint, tmp_path):
+    """The depth frame of the color frame's stamp arrives late; the previous one (33 ms older, within the
+    tolerance) is already there and must not be used. Also: the model's own thresholds, frame_id checks."""
+    from meres_core.checkpoint import save_checkpoint
+
+    segmenter = Segmenter.from_checkpoint(checkpoint, device="cpu", precision="fp32")
+    segmenter.cfg.inference = replace(segmenter.cfg.inference, mask_threshold=0.3, presence_threshold=0.0)
+    own_thresholds = save_checkpoint(tmp_path / "thresholds.pt", segmenter.model, segmenter.cfg, {"test": True})
+    name = "meres_sync"
+    parameters = {"checkpoint": str(own_thresholds), "device": "cpu", "precision": "fp32", "max_rate": 0.0,
+                  "image_reliability": "reliable", "sync_tolerance": 0.05, "sync_wait": 2.0}
+    with NodeProcess(parameters, node_name=name, remappings={"image": f"{name}/image", "depth": f"{name}/depth",
+                                                             "camera_info": f"{name}/camera_info"}) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image",
+                             depth_topic=f"{name}/depth", camera_info_topic=f"{name}/camera_info", image_qos=RELIABLE)
+        try:
+            assert client.wait_for_node(90), process.log()
+            client.set_expression("the red disc")
+            rgb = scene_image()
+            frame_id = "camera_color_optical_frame"
+            answer = None
+            while answer is None:
+                color = client.next_header(frame_id)
+                stamp = stamp_ns(color.stamp)
+                earlier = client.next_header(frame_id)
+                earlier.stamp.sec, earlier.stamp.nanosec = divmod(stamp - 33_000_000, 1_000_000_000)
+                client.publish_frame(rgb, np.full((96, 128), 2000, np.uint16), camera_info_with_distortion(),
+                                     header=earlier)
+                client.spin(0.2)
+                client.image_pub.publish(client_image(rgb, color))
+                client.spin(0.3)  # the node has the color frame and waits for its partner
+                client.camera_info_pub.publish(with_header(camera_info_with_distortion(), color))
+                client.depth_pub.publish(depth_image(np.full((96, 128), 1500, np.uint16), color))
+                deadline = time.monotonic() + 30
+                while answer is None and time.monotonic() < deadline:
+                    client.spin(0.05)
+                    if stamp in client.results and stamp in client.masks:
+                        answer = client.results[stamp]
+            expected = Segmenter.from_checkpoint(own_thresholds, device="cpu", precision="fp32").segment(
+                rgb, "the red disc")[0]  # the model's own thresholds: none were given to the node
+            np.testing.assert_array_equal(image_to_numpy(client.masks[stamp]) > 0, expected.mask)
+            assert expected.found and answer.centroid_3d_valid
+            assert answer.depth == pytest.approx(1.5), "paired with the previous depth frame, not its own"
+            u, v = expected.centroid
+            by_lens = PinholeCamera.from_camera_info(camera_info_with_distortion()).deproject(u, v, 1.5)
+            pinhole = ((u - CX) * 1.5 / FX, (v - CY) * 1.5 / FY, 1.5)
+            assert max(abs(a - b) for a, b in zip(by_lens, pinhole)) > 1e-3, "the distortion must matter here"
+            centroid = client.centroids[stamp].point
+            assert (centroid.x, centroid.y, centroid.z) == pytest.approx(by_lens, abs=1e-5)
+            # Depth from another frame than the image's: used, but said.
+            deadline = time.monotonic() + 60
+            while "[frame_id]" not in process.log():
+                assert time.monotonic() < deadline, process.log()
+                header = client.next_header(frame_id)
+                client.camera_info_pub.publish(with_header(camera_info_with_distortion(), header))
+                depth_header = Header(stamp=header.stamp, frame_id="camera_depth_frame")
+                client.depth_pub.publish(depth_image(np.full((96, 128), 1500, np.uint16), depth_header))
+                client.image_pub.publish(client_image(rgb, header))
+                client.spin(0.5)
+            assert "depth frame_id 'camera_depth_frame' differs from the image's" in process.log()
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
+
+
+def client_image(rgb, header):
+    from meres_ros.conversions import numpy_to_image
+
+    return numpy_to_image(rgb, "rgb8", header)
+
+
+def depth_image(depth, header):
+    from meres_ros.conversions import numpy_to_image
+
+    return numpy_to_image(depth, "16UC1", header)
+
+
+def with_header(msg, header):
+    msg.header = header
+    return msg
+
+
+def test_model_failures_are_logged_survived_then_take_the_error_path(ros_context, checkpoint):
+    name = "meres_faults"
+    env = {"MERES_TEST_FAULTS": "oom,nan,ok,raise,raise,raise"}
+    parameters = node_parameters(checkpoint, max_consecutive_failures=3)
+    with NodeProcess(parameters, node_name=name, env=env, program=HOOKS, remappings={"image": f"{name}/image"}) \
+            as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image")
+        try:
+            assert client.wait_for_node(90), process.log()
+            client.set_expression("the red disc")
+            # Out of memory, then NaN: two frames skipped, the third answered; the node stays active.
+            assert client.request(scene_image()).mask.shape == (96, 128)
+            assert lifecycle_state(client, name) == State.PRIMARY_STATE_ACTIVE
+            # Three failures in a row: the error path, and /diagnostics says ERROR.
+            deadline = time.monotonic() + 120
+            while lifecycle_state(client, name) != State.PRIMARY_STATE_UNCONFIGURED:
+                assert time.monotonic() < deadline, process.log()
+                client.publish_frame(scene_image())
+                client.spin(0.5)
+            error = client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.ERROR)
+            assert "RuntimeError: injected model failure" in error.message
+            log = process.log()
+            assert log.count("Traceback") == 3  # the first of each kind: OutOfMemoryError, ModelOutputError, RuntimeError
+            assert "OutOfMemoryError: CUDA out of memory" in log and "ModelOutputError: non-finite model output" in log
+            assert "[model] frame skipped: RuntimeError" in log  # the second of its kind: one line
+            assert "failed on 3 frames in a row" in log and "error processing" in log
+            # Fixed (the injected faults are used up): configure and activate bring it back.
+            assert change_state(client, name, Transition.TRANSITION_CONFIGURE), process.log()
+            assert change_state(client, name, Transition.TRANSITION_ACTIVATE), process.log()
+            assert client.request(scene_image()).mask.shape == (96, 128)
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
+
+
+def test_diagnostics_report_health(node):
+    _, client = node
+    client.set_expression("the red disc")
+    client.request(scene_image())
+    status = client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK and s.message == "segmenting")
+    values = {kv.key: kv.value for kv in status.values}
+    assert "meres" in status.name and status.hardware_id == "cpu"
+    assert values["device"] == "cpu" and values["precision"] == "float32" and "checkpoint" in values["model"]
+    assert float(values["latency p50 (ms)"]) > 0 and float(values["latency p95 (ms)"]) >= float(values["latency p50 (ms)"])
+    assert {"image rate (Hz)", "depth rate (Hz)", "result rate (Hz)", "frames dropped", "last error"} <= set(values)
+    # No image for more than image_timeout (3 s): WARN; images again: OK.
+    warning = client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.WARN)
+    assert "no image" in warning.message
+    client.request(scene_image())
+    client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK)

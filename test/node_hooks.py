@@ -1,0 +1,77 @@
+"""meres_node with test hooks, in the node's own process: `python test/node_hooks.py --ros-args ...`.
+
+The node and the model are the real ones; the environment asks for one of these on top:
+  MERES_TEST_HUMBLE=1         run as on Humble: rclpy's Node has no add_post_set_parameters_callback
+  MERES_TEST_FAULTS=oom,nan,ok,raise
+                              the model's image encoder fails on its first calls, one per entry:
+                              CUDA out of memory, NaN output, a RuntimeError; `ok` runs normally;
+                              the calls after the list run normally
+  MERES_TEST_GATE=<folder>    the model's call N writes N to <folder>/started and waits until
+                              <folder>/released holds a number >= N (a frame held in flight)
+"""
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+
+def remove_post_set_callback() -> None:
+    from rclpy.node import Node
+
+    del Node.add_post_set_parameters_callback
+    print("node_hooks: Humble API: Node.add_post_set_parameters_callback removed", flush=True)
+
+
+def inject_faults(faults: str) -> None:
+    import torch
+
+    from meres_core.model.meres import MERES
+
+    pending = deque(faults.split(","))
+    real = MERES.encode_image
+
+    def encode_image(self, images):
+        fault = pending.popleft() if pending else "ok"
+        if fault == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected by the test)")
+        if fault == "raise":
+            raise RuntimeError("injected model failure")
+        if fault == "nan":
+            return real(self, images * float("nan"))
+        return real(self, images)
+
+    MERES.encode_image = encode_image
+
+
+def gate(folder: Path) -> None:
+    from meres_core.inference import Segmenter
+
+    real = Segmenter.segment
+    calls = 0
+
+    def segment(self, *args, **kwargs):
+        nonlocal calls
+        calls += 1
+        (folder / "started").write_text(str(calls))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            released = (folder / "released").read_text() if (folder / "released").exists() else ""
+            if released.strip() and int(released) >= calls:
+                break
+            time.sleep(0.02)
+        return real(self, *args, **kwargs)
+
+    Segmenter.segment = segment
+
+
+if __name__ == "__main__":
+    if os.environ.get("MERES_TEST_HUMBLE"):
+        remove_post_set_callback()
+    if os.environ.get("MERES_TEST_FAULTS"):
+        inject_faults(os.environ["MERES_TEST_FAULTS"])
+    if os.environ.get("MERES_TEST_GATE"):
+        gate(Path(os.environ["MERES_TEST_GATE"]))
+    from meres_ros.node import main
+
+    sys.exit(main())
