@@ -434,9 +434,14 @@ def test_bad_startup_parameters_are_refused_by_name(tmp_path, bad, named):
     assert "Traceback" not in log and "KeyError" not in log
 
 
+# Principal point in a corner, so that wherever the (random-weight) mask's centroid falls, it is far
+# off-axis and the lens distortion moves it.
+LENS_CX, LENS_CY = 10.0, 8.0
+
+
 def camera_info_with_distortion() -> CameraInfo:
     return CameraInfo(width=128, height=96, distortion_model="plumb_bob", d=[-0.25, 0.08, 0.001, -0.002, 0.0],
-                      k=[FX, 0.0, CX, 0.0, FY, CY, 0.0, 0.0, 1.0])
+                      k=[FX, 0.0, LENS_CX, 0.0, FY, LENS_CY, 0.0, 0.0, 1.0])
 
 
 def test_depth_is_paired_by_stamp_and_deprojected_through_the_lens(ros_context, checkpoint, tmp_path):
@@ -484,7 +489,7 @@ def test_depth_is_paired_by_stamp_and_deprojected_through_the_lens(ros_context, 
             assert answer.depth == pytest.approx(1.5), "paired with the previous depth frame, not its own"
             u, v = expected.centroid
             by_lens = PinholeCamera.from_camera_info(camera_info_with_distortion()).deproject(u, v, 1.5)
-            pinhole = ((u - CX) * 1.5 / FX, (v - CY) * 1.5 / FY, 1.5)
+            pinhole = ((u - LENS_CX) * 1.5 / FX, (v - LENS_CY) * 1.5 / FY, 1.5)
             assert max(abs(a - b) for a, b in zip(by_lens, pinhole)) > 1e-3, "the distortion must matter here"
             centroid = client.centroids[stamp].point
             assert (centroid.x, centroid.y, centroid.z) == pytest.approx(by_lens, abs=1e-5)
