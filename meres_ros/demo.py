@@ -7,7 +7,8 @@ No camera and no downloads. The demo
      then the scene's color image, registered depth and CameraInfo at a fixed rate until the
      node answers,
   4. prints one line per answer and writes the node's overlay (ground truth outlined in white),
-  5. ends with a summary against the ground truth: mIoU, oIoU, P@0.5, found accuracy, latency.
+  5. ends with a summary against the ground truth: centroid on target (the grasp point inside the
+     target's true mask), found accuracy, mIoU per kind, latency.
 
 It runs on its own ROS domain, local to this machine, so it never talks to a robot's graph.
 Exit status: 0 when the pipeline worked, whatever the model's accuracy; 1 when something
@@ -57,33 +58,39 @@ def prepare_scenes(folder: Path, count: int, seed: int) -> None:
 
 
 def choose_queries(folder: Path, limit: int, seed: int, kinds: Optional[set[str]] = None):
-    """One sentence per referred object (or absent description), spread over the scenes and kinds.
+    """Sentences spread evenly over the kinds (round robin), each from a different ref where possible.
 
     `kinds` keeps only sentences of those kinds (attribute, spatial, ordinal, size, category, absent).
     """
     from meres_core.data.refer import ReferDataset
 
     dataset = ReferDataset(folder, dataset="synth", split_by="synth", split="test")
-    by_image: dict[int, list[dict]] = {}
-    for ref in dataset.refs:
-        by_image.setdefault(int(ref["image_id"]), []).append(ref)
     rng = random.Random(seed)
-    for refs in by_image.values():
-        rng.shuffle(refs)  # objects come before absent descriptions in the file: mix them
-    rounds = max(len(refs) for refs in by_image.values())
-    ordered = [refs[i] for i in range(rounds) for refs in by_image.values() if i < len(refs)]
+    by_kind: dict[str, list[tuple[dict, dict]]] = {}
+    for ref in dataset.refs:
+        for sentence in ref["sentences"]:
+            kind = sentence.get("kind", "synth")
+            if not kinds or kind in kinds:
+                by_kind.setdefault(kind, []).append((ref, sentence))
+    for candidates in by_kind.values():
+        rng.shuffle(candidates)
+    queues = [by_kind[k] for k in sorted(by_kind)]
+    chosen, used_refs = [], set()
+    while len(chosen) < limit and any(queues):
+        for queue in queues:
+            # Prefer a ref not asked yet; else any sentence left of this kind.
+            pick = next((c for c in queue if c[0]["ref_id"] not in used_refs), queue[0] if queue else None)
+            if pick is None or len(chosen) == limit:
+                continue
+            queue.remove(pick)
+            used_refs.add(pick[0]["ref_id"])
+            chosen.append(pick)
     queries, images = [], {}
-    for ref in ordered:
-        sentence = ref["sentences"][int(ref["ref_id"]) % len(ref["sentences"])]
-        if kinds and sentence.get("kind") not in kinds:
-            continue
-        if len(queries) == limit:
-            break
+    for ref, sentence in chosen:
         image_id = int(ref["image_id"])
         if image_id not in images:
             images[image_id] = dataset.read_image(image_id)
-        rgb = images[image_id]
-        mask = dataset.ref_mask(ref, *rgb.shape[:2])
+        mask = dataset.ref_mask(ref, *images[image_id].shape[:2])
         queries.append(Query(image_id, sentence["sent"], sentence.get("kind", "synth"), bool(mask.any()), mask))
     return queries, images
 
@@ -144,7 +151,7 @@ def format_point(point) -> str:
 def run(args) -> int:
     import rclpy
 
-    from meres_core.metrics import SegmentationMetrics
+    from meres_core.metrics import SegmentationMetrics, centroid_on_target
     from meres_ros.client import MeresClient, NodeProcess, config_file
 
     out = Path(args.out)
@@ -184,13 +191,10 @@ def run(args) -> int:
             except TimeoutError as error:
                 broken = str(error)
                 break
-            iou = metrics.update(answer.mask, query.gt_mask, query.kind)
             centroid = pixel_centroid(answer, camera_info)
-            on_target = None
-            if centroid is not None and query.has_target:
-                u, v = (int(round(c)) for c in centroid)
-                on_target = bool(0 <= v < query.gt_mask.shape[0] and 0 <= u < query.gt_mask.shape[1]
-                                 and query.gt_mask[v, u])
+            iou = metrics.update(answer.mask, query.gt_mask, query.kind, found=answer.found, centroid=centroid)
+            # A present target answered "not found" is a miss, as in training.evaluate.
+            on_target = centroid_on_target(centroid, query.gt_mask) if query.has_target else None
             point_3d = None
             if answer.centroid is not None:
                 point_3d = (answer.centroid.point.x, answer.centroid.point.y, answer.centroid.point.z)
@@ -229,16 +233,16 @@ def summarize(records: list[dict], metrics: SegmentationMetrics, planned: int) -
     stats = metrics.summary() if records else {}
     latencies = [r["latency_ms"] for r in records]
     model_times = [r["model_ms"] for r in records if r["model_ms"] is not None]
-    on_target = [r["centroid_on_target"] for r in records if r["centroid_on_target"] is not None]
     return {
         "answered": len(records), "planned": planned,
         "mIoU": stats.get("mIoU", math.nan), "oIoU": stats.get("oIoU", math.nan), "P@0.5": stats.get("P@0.5", math.nan),
         "found_accuracy": float(np.mean([r["found"] == r["has_target"] for r in records])) if records else math.nan,
-        "centroid_on_target": float(np.mean(on_target)) if on_target else math.nan,
+        "centroid_on_target": stats.get("on_target", math.nan),
         "latency_ms": {"mean": float(np.mean(latencies)) if latencies else math.nan, "p50": percentile(latencies, 50),
                        "p95": percentile(latencies, 95), "max": max(latencies, default=math.nan)},
         "model_ms_mean": float(np.mean(model_times)) if model_times else None,
-        "by_kind": {k: v["mIoU"] for k, v in stats.get("by_kind", {}).items()},
+        "by_kind": {k: {"n": v["n"], "mIoU": v["mIoU"], "centroid_on_target": v["on_target"], "found": v["found"]}
+                    for k, v in stats.get("by_kind", {}).items()},
     }
 
 
@@ -251,7 +255,10 @@ def print_summary(summary: dict, out: Path) -> None:
           f"p50 {latency['p50']:.0f} ms, p95 {latency['p95']:.0f} ms, max {latency['max']:.0f} ms"
           + ("" if summary["model_ms_mean"] is None else f"; model {summary['model_ms_mean']:.0f} ms mean"))
     if summary["by_kind"]:
-        print("  mIoU by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["by_kind"].items()))
+        print("  by kind      n  centroid on target  found   mIoU")
+        for kind, row in summary["by_kind"].items():
+            on_target = "-" if math.isnan(row["centroid_on_target"]) else f"{row['centroid_on_target']:.2f}"
+            print(f"  {kind:<10} {row['n']:>3}  {on_target:>18}  {row['found']:>5.2f}  {row['mIoU']:.2f}")
     print(f"  overlays: {out / 'overlays'}, details: {out / 'summary.json'}")
 
 
@@ -262,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", default="demo", help="checkpoint the node loads ('demo': the shipped one)")
     parser.add_argument("--preset", default="", help="random weights of this preset instead (e.g. tiny: plumbing only)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--scenes", type=int, default=4, help="synthetic scenes to render")
-    parser.add_argument("--sentences", type=int, default=16, help="sentences to ask, spread over the scenes")
+    parser.add_argument("--scenes", type=int, default=12, help="synthetic scenes to render")
+    parser.add_argument("--sentences", type=int, default=36, help="sentences to ask, spread evenly over the kinds")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument("--kinds", nargs="+", help="only sentences of these kinds (attribute, spatial, ordinal, "
                         "size, category, absent)")

@@ -53,3 +53,17 @@ def test_demo_model_finds_the_referred_object(tmp_path):
     # percent of the image, so chance is far below this.
     assert summary["centroid_on_target"] >= 0.5, done.stdout
     assert summary["found_accuracy"] >= 0.8, done.stdout
+
+
+def test_demo_questions_cover_every_kind_evenly(tmp_path):
+    from collections import Counter
+
+    from meres_ros.demo import choose_queries, prepare_scenes
+
+    prepare_scenes(tmp_path, 12, seed=0)  # the demo default
+    queries, images = choose_queries(tmp_path, 36, seed=0)
+    counts = Counter(q.kind for q in queries)
+    assert len(queries) == 36 and set(counts) == {"absent", "attribute", "category", "ordinal", "size", "spatial"}
+    assert max(counts.values()) - min(counts.values()) <= 1, counts
+    assert all(q.has_target == (q.kind != "absent") for q in queries)
+    assert set(images) == {q.image_id for q in queries}
