@@ -8,6 +8,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from meres_core.data import synthetic
+from meres_core.data.synthetic import expressions, writer
 from meres_core.data.synthetic import (COLOR_WORDS, NOUNS, ORDINAL_WORDS, RELATION_WORDS, generate, main,
                                        render_scene)
 
@@ -195,7 +196,7 @@ def test_targets_are_mostly_visible(synth):
         for ref in refs:
             if ref["image_id"] == image_id and ref["ann_id"] != -1:
                 shape = scene.shapes[ann_ids.index(ref["ann_id"])]
-                assert shape.visible_fraction >= synthetic.MIN_TARGET_VISIBLE
+                assert shape.visible_fraction >= expressions.MIN_TARGET_VISIBLE
                 assert ref["category_id"] == synthetic.CATEGORY_IDS[shape.category]
 
 
@@ -245,10 +246,10 @@ def test_absent_fraction_and_sentences_per_object(tmp_path):
 
 
 def test_split_sizes():
-    assert synthetic._split_sizes(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
-    assert synthetic._split_sizes(5, (0.8, 0.1, 0.1)) == [3, 1, 1]  # every split gets an image
-    assert synthetic._split_sizes(7, (1, 0, 0)) == [7, 0, 0]
-    assert sum(synthetic._split_sizes(1001, (0.7, 0.2, 0.1))) == 1001
+    assert writer._split_sizes(10, (0.8, 0.1, 0.1)) == [8, 1, 1]
+    assert writer._split_sizes(5, (0.8, 0.1, 0.1)) == [3, 1, 1]  # every split gets an image
+    assert writer._split_sizes(7, (1, 0, 0)) == [7, 0, 0]
+    assert sum(writer._split_sizes(1001, (0.7, 0.2, 0.1))) == 1001
 
 
 def test_cli(tmp_path, capsys):

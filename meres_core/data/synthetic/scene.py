@@ -1,0 +1,199 @@
+"""Rendering: flat coloured shapes on a textured background, drawn back to front, with depth.
+
+A scene depends only on (seed, image_id): `render_scene` rebuilds it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Optional
+
+import cv2
+import numpy as np
+
+from .vocabulary import CATEGORIES, COLORS
+
+MIN_VISIBLE = 0.35  # every drawn shape keeps at least this fraction visible
+
+
+@dataclass
+class Shape:
+    """A drawn shape. Measured properties are cached: read them once placement is final."""
+
+    category: str
+    color: str
+    center: tuple[float, float]  # where it was drawn
+    box: tuple[slice, slice]  # rows, columns that hold the whole shape
+    full: np.ndarray = field(repr=False)  # bool HxW, before occlusion
+    visible: np.ndarray = field(repr=False)  # bool HxW, what the image shows
+
+    @cached_property
+    def full_area(self) -> int:
+        return int(self.full[self.box].sum())
+
+    @cached_property
+    def area(self) -> int:
+        return int(self.visible[self.box].sum())
+
+    @property
+    def visible_fraction(self) -> float:
+        return self.area / self.full_area
+
+    @cached_property
+    def centroid(self) -> tuple[float, float]:
+        ys, xs = np.nonzero(self.visible[self.box])
+        return float(xs.mean() + self.box[1].start), float(ys.mean() + self.box[0].start)
+
+
+@dataclass
+class Scene:
+    image: np.ndarray  # uint8 HxWx3 RGB
+    shapes: list[Shape]  # draw order, back to front
+    depth: Optional[np.ndarray] = None  # uint16 HxW millimetres
+
+
+
+def camera_info(height: int, width: int) -> dict:
+    """Pinhole intrinsics shared by all depth images (a ~70 degree horizontal FOV)."""
+    f = round(0.7 * width, 3)
+    return {"width": width, "height": height, "fx": f, "fy": f, "cx": (width - 1) / 2, "cy": (height - 1) / 2}
+
+
+def _outline(category: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
+    """Polygon (N, 2) of a shape of circumradius ~r, rotated by `angle` radians."""
+    if category == "circle":
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        pts = np.stack([np.cos(t), np.sin(t)], 1)
+    elif category in ("square", "triangle", "hexagon"):
+        n = {"square": 4, "triangle": 3, "hexagon": 6}[category]
+        t = -np.pi / 2 + np.pi / n * (category == "square") + 2 * np.pi * np.arange(n) / n
+        pts = np.stack([np.cos(t), np.sin(t)], 1)
+    elif category == "star":
+        t = -np.pi / 2 + np.pi * np.arange(10) / 5
+        rad = np.where(np.arange(10) % 2, 0.45, 1.0)
+        pts = np.stack([rad * np.cos(t), rad * np.sin(t)], 1)
+    elif category == "heart":
+        t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        pts = np.stack([x, y - 2.5], 1) / 16  # centred, within the unit circle
+    elif category == "cross":
+        a = 0.33
+        pts = np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a),
+                        (-1, -a), (-a, -a)])
+    else:
+        raise ValueError(f"unknown category {category!r}")
+    c, s = np.cos(angle), np.sin(angle)
+    return pts @ np.array([[c, s], [-s, c]]) * r + (cx, cy)
+
+
+def _fill(poly: np.ndarray, height: int, width: int) -> np.ndarray:
+    canvas = np.zeros((height, width), np.uint8)
+    # 3 fractional bits: sub-pixel vertices keep small shapes symmetric.
+    cv2.fillPoly(canvas, [np.round(poly * 8).astype(np.int32)], 1, lineType=cv2.LINE_8, shift=3)
+    return canvas.astype(bool)
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Muted two-colour texture: gradient, stripes, checkerboard or smooth blotches (float HxWx3)."""
+    gray = rng.uniform(70, 190, 2)
+    colors = np.clip(gray[:, None] + rng.uniform(-30, 30, (2, 3)), 0, 255).astype(np.float32)
+    # Built at quarter resolution and upsampled: the patterns are smooth, and this is 16x cheaper.
+    h, w = height // 4 + 1, width // 4 + 1
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    angle = rng.uniform(0, np.pi)
+    along = (np.cos(angle) * xx + np.sin(angle) * yy) / max(h, w)
+    pattern = rng.integers(4)
+    if pattern == 0:
+        t = (along - along.min()) / np.ptp(along)
+    elif pattern == 1:
+        t = 0.5 + 0.5 * np.tanh(3 * np.sin(2 * np.pi * rng.uniform(4, 16) * along))
+    elif pattern == 2:
+        cell = rng.uniform(5, 20)
+        t = ((xx // cell + yy // cell) % 2) * np.float32(rng.uniform(0.3, 1.0))
+    else:
+        coarse = rng.random((h // 10 + 2, w // 10 + 2)).astype(np.float32)
+        t = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    small = colors[0] + t[..., None] * (colors[1] - colors[0])
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def _place_shapes(rng: np.random.Generator, height: int, width: int) -> list[Shape]:
+    """Sample 3-7 shapes from small category/colour palettes so that distractors repeat."""
+    n = int(rng.integers(3, 8))
+    cats = rng.choice(CATEGORIES, size=int(rng.integers(2, min(n, 4) + 1)), replace=False)
+    colors = rng.choice(list(COLORS), size=int(rng.integers(2, 6)), replace=False)
+    side = min(height, width)
+    shapes: list[Shape] = []
+    for _ in range(n):
+        category, color = str(rng.choice(cats)), str(rng.choice(colors))
+        for _attempt in range(30):
+            r = rng.uniform(0.06, 0.17) * side
+            if shapes and rng.random() < 0.35:  # next to an existing shape, to get some occlusion
+                ax, ay = shapes[int(rng.integers(len(shapes)))].center
+                theta, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 2.0) * r
+                cx, cy = ax + dist * np.cos(theta), ay + dist * np.sin(theta)
+            else:
+                cx, cy = rng.uniform(r, width - r), rng.uniform(r, height - r)
+            if not (r <= cx <= width - r and r <= cy <= height - r):
+                continue
+            poly = _outline(category, cx, cy, r, rng.uniform(-0.45, 0.45))
+            full = _fill(poly, height, width)
+            if all((s.visible & ~full).sum() >= MIN_VISIBLE * s.full_area for s in shapes):
+                for s in shapes:
+                    s.visible = s.visible & ~full
+                (x0, y0), (x1, y1) = np.floor(poly.min(0)).astype(int), np.ceil(poly.max(0)).astype(int)
+                box = slice(max(y0, 0), y1 + 1), slice(max(x0, 0), x1 + 1)
+                shapes.append(Shape(category, color, (cx, cy), box, full, full.copy()))
+                break
+    return shapes
+
+
+def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: Shape) -> None:
+    """Fill a shape with its jittered colour and a soft linear shading."""
+    region, inside = canvas[shape.box], shape.full[shape.box]
+    # Mostly brightness jitter: per-channel jitter would tint white and black shapes.
+    base = np.asarray(COLORS[shape.color], np.float32) + np.float32(rng.uniform(-15, 15)) + rng.uniform(-4, 4, 3)
+    gx, gy = rng.normal(size=2) * rng.uniform(0, 30) / max(inside.shape)
+    ys, xs = np.nonzero(inside)
+    shade = (xs - xs.mean()) * gx + (ys - ys.mean()) * gy
+    region[ys, xs] = base + shade[:, None].astype(np.float32)
+
+
+def _depth(rng: np.random.Generator, shapes: list[Shape], height: int, width: int) -> np.ndarray:
+    """Tilted table plane with flat-topped objects; later shapes stand taller so they are nearer."""
+    cam = camera_info(height, width)
+    tilt, roll = rng.uniform(0.15, 0.7), rng.uniform(-0.15, 0.15)
+    normal = np.array([np.sin(roll), np.sin(tilt), np.cos(tilt)])
+    center_depth = rng.uniform(600, 1200)
+    yy, xx = np.arange(height)[:, None], np.arange(width)[None, :]
+    rays = normal[0] * (xx - cam["cx"]) / cam["fx"] + normal[1] * (yy - cam["cy"]) / cam["fy"] + normal[2]
+    plane = center_depth * normal[2] / rays
+    depth = plane.copy()
+    heights = np.cumsum(rng.uniform(10, 35, len(shapes))) + 10
+    for shape, h in zip(shapes, heights):
+        # Full, not visible masks: drawn back to front, the top shape overwrites what it hides.
+        depth[shape.full] = plane[shape.full] - h
+    return np.round(depth).astype(np.uint16)
+
+
+def _render(rng: np.random.Generator, height: int, width: int, depth: bool) -> Scene:
+    shapes = _place_shapes(rng, height, width)
+    canvas = _background(rng, height, width)
+    for shape in shapes:
+        _paint(rng, canvas, shape)
+    # Luminance-only sensor noise, slightly blurred as by demosaicing; it halves the PNG size.
+    canvas += rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(rng.uniform(2, 8))
+    canvas = cv2.GaussianBlur(canvas, (3, 3), rng.uniform(0.3, 0.9))
+    image = np.clip(canvas, 0, 255).astype(np.uint8)
+    return Scene(image, shapes, _depth(rng, shapes, height, width) if depth else None)
+
+
+def _scene_rng(seed: int, image_id: int) -> np.random.Generator:
+    return np.random.default_rng([seed, image_id])
+
+
+def render_scene(seed: int, image_id: int, height: int = 480, width: int = 640, depth: bool = True) -> Scene:
+    """The scene `generate(seed=seed)` writes for `image_id` (expressions not included)."""
+    return _render(_scene_rng(seed, image_id), height, width, depth)
