@@ -1,6 +1,6 @@
 """Held-out referring scenes for evaluation only, drawn by code that shares nothing with meres-synth.
 
-`meres-synth` (meres_core/data/synthetic.py) draws the training scenes. A model that only learned
+`meres-synth` (meres_core/data/synthetic/) draws the training scenes. A model that only learned
 its textures, shades and sentence templates scores well on its own test split and fails elsewhere;
 this renderer is the "elsewhere". It imports nothing from meres-synth and differs on purpose:
 Pillow's ImageDraw instead of OpenCV, its own upright outlines (no rotation jitter), plain / linear

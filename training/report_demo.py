@@ -1,0 +1,64 @@
+"""Record the shipped demo model's evaluation: `meres_core/weights/meres_demo_eval.json`.
+
+    python -m training.report_demo --checkpoint meres_core/weights/meres_demo.pt \
+        --synthetic-root runs/demo_synth/data --heldout-root runs/heldout_scenes
+
+Three evaluations with `training.evaluate` (original resolution, fp32, the checkpoint's own
+decision thresholds):
+  - `synthetic_test`: the test split of the meres-synth scenes the model was trained on,
+  - `heldout_test`: scenes of the independent renderer (training/heldout_scenes.py, 400 images,
+    seed 1, generated under --heldout-root when missing), never seen in training,
+  - `fixture`: a few meres-synth scenes small enough to re-evaluate in the test suite
+    (test/test_shipped_model.py checks that a fresh evaluation matches the recorded one).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from meres_core.data.synthetic import generate
+
+from . import evaluate, heldout_scenes
+
+HELDOUT = {"images": 400, "seed": 1}
+FIXTURE = {"images": 4, "seed": 11}  # meres-synth scenes, all in the test split
+COMPARED = ("n", "mIoU", "oIoU", "on_target", "found")  # what the fixture test compares
+
+
+def fixture_scenes(folder: Path) -> Path:
+    generate(folder, FIXTURE["images"], seed=FIXTURE["seed"], depth=False, split_fractions=(0.0, 0.0, 1.0))
+    return folder
+
+
+def evaluate_on(checkpoint: str, root: Path, out: Path) -> dict:
+    return evaluate.main(["--checkpoint", checkpoint, "--split", "test", "--data-root", str(root), "--dataset", "synth",
+                          "--split-by", "synth", "--num-workers", "0", "--precision", "fp32", "--out", str(out)])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.report_demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="meres_core/weights/meres_demo.pt")
+    parser.add_argument("--synthetic-root", required=True, help="the meres-synth data the model was trained on")
+    parser.add_argument("--heldout-root", required=True, help="held-out scenes (generated here when missing)")
+    parser.add_argument("--out", default="meres_core/weights/meres_demo_eval.json")
+    parser.add_argument("--work", default="runs/eval", help="folder for each evaluation's metrics and PR curve")
+    args = parser.parse_args(argv)
+    heldout = Path(args.heldout_root)
+    if not (heldout / "meta.json").is_file():
+        heldout_scenes.generate(heldout, HELDOUT["images"], seed=HELDOUT["seed"])
+    work = Path(args.work)
+    report = {"checkpoint": args.checkpoint,
+              "synthetic_test": evaluate_on(args.checkpoint, Path(args.synthetic_root), work / "demo_synthetic_test"),
+              "heldout_test": evaluate_on(args.checkpoint, heldout, work / "demo_heldout_test")}
+    with tempfile.TemporaryDirectory() as tmp:
+        fixture = evaluate_on(args.checkpoint, fixture_scenes(Path(tmp)), work / "demo_fixture")
+    report["fixture"] = {"scenes": {"generator": "meres-synth", **FIXTURE},
+                         "summary": {k: fixture[k] for k in COMPARED}}
+    Path(args.out).write_text(json.dumps(evaluate.json_safe(report), indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
