@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from meres_core.inference import Segmenter
+from meres_core.inference import Decision, Segmenter
 from meres_ros.replay import main
 
 HEIGHT, WIDTH = 48, 64
@@ -31,8 +31,8 @@ def test_folder_matches_segmenter(tmp_path):
     assert [f["frame"] for f in results["frames"]] == ["img_0", "img_1", "img_2"]
     assert [t["expression"] for t in results["frames"][0]["targets"]] == ["the red disc", "the background"]
     reference = Segmenter.from_preset("tiny", seed=0, device="cpu", precision="fp32")
-    reference.presence_threshold = 0.0
-    expected = reference.segment(frame(1), ["the red disc", "the background"])
+    decision = Decision(reference.decision.mask_threshold, presence_threshold=0.0)
+    expected = reference.segment(frame(1), ["the red disc", "the background"], decision)
     written = cv2.imread(str(out / "masks" / "img_1_1.png"), cv2.IMREAD_GRAYSCALE) > 0
     np.testing.assert_array_equal(written, expected[1].mask)
     assert (out / "overlays" / "img_2.png").is_file()
