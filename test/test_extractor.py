@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from meres_core.config import ExtractorConfig
+from meres_core.config import ExtractorConfig, load_config
 from meres_core.model.expression_extractor import VisualExpressionExtractor, num_selected
 from meres_core.model.losses import downsample_mask, pixel_contrastive
 
@@ -57,8 +57,8 @@ def test_topk_mask_selects_k_best_and_ignores_padding(inputs):
             assert set(chosen.nonzero()[:, 0].tolist()) == best
 
 
-def recompute_f_a(ext, pixels, tokens, valid):
-    """Eq. 5-7 written out loop by loop."""
+def recompute_f_a(ext, pixels, tokens, valid, temperature=1.0, divide_by_k=True):
+    """Eq. 5-7 written out loop by loop (`temperature`, `divide_by_k`: the non-literal readings)."""
     x = F.normalize(ext.phi_v(pixels), dim=-1)
     y = F.normalize(ext.phi_l(tokens), dim=-1)
     k = num_selected(ext.cfg.topk_ratio, N)
@@ -72,9 +72,9 @@ def recompute_f_a(ext, pixels, tokens, valid):
             idx = s.topk(k).indices
             m = torch.full((N,), -math.inf)
             m[idx] = 0.0  # Eq. 5
-            s_norm = torch.softmax(s + m, dim=0)  # Eq. 6
+            s_norm = torch.softmax((s + m) / temperature, dim=0)  # Eq. 6
             s_norms[b, t] = s_norm
-            f_a[b, t] = (s_norm[:, None] * pixels[b]).sum(0) / k  # Eq. 7
+            f_a[b, t] = (s_norm[:, None] * pixels[b]).sum(0) / (k if divide_by_k else 1)  # Eq. 7
     return f_a, s_norms
 
 
@@ -90,6 +90,23 @@ def test_eq7_aggregation_matches_direct_computation(inputs):
             if valid[b, t]:
                 assert s_norms[b, t][out.selected[b, t]].sum().item() == pytest.approx(1.0, abs=1e-5)
                 assert s_norms[b, t][~out.selected[b, t]].abs().max() == 0
+
+
+def test_eq6_temperature_and_eq7_without_1_over_k_are_switches(inputs):
+    """Literal by default; a temperature on Eq. 6 sharpens S_norm, and dropping the 1/K of Eq. 7
+    leaves F_a a weighted average of the selected pixels (S_norm already sums to one)."""
+    pixels, tokens, valid = inputs
+    assert ExtractorConfig().softmax_temperature is None and ExtractorConfig().divide_by_k
+    ext = extractor(refinement=False, relationship=False, softmax_temperature=0.05, divide_by_k=False)
+    out = ext(pixels, tokens, valid)
+    f_a, s_norms = recompute_f_a(ext, pixels, tokens, valid, temperature=0.05, divide_by_k=False)
+    torch.testing.assert_close(out.tokens, f_a, atol=1e-5, rtol=1e-4)
+    literal = extractor(refinement=False, relationship=False)(pixels, tokens, valid)
+    _, literal_s_norms = recompute_f_a(ext, pixels, tokens, valid)
+    assert s_norms[valid].max(-1).values.mean() > literal_s_norms[valid].max(-1).values.mean() + 0.1
+    assert out.tokens[valid].norm(dim=-1).mean() > 2 * literal.tokens[valid].norm(dim=-1).mean()
+    with pytest.raises(ValueError, match="softmax_temperature must be > 0"):
+        load_config("tiny", overrides={"model": {"extractor": {"softmax_temperature": 0.0}}})
 
 
 def test_eq8_eq9_residual_structure(inputs):

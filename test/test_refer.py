@@ -218,3 +218,98 @@ def test_collate_and_dataloader(root):
     assert batch["no_target"].dtype == torch.bool and batch["ref_id"].dtype == torch.int64
     assert isinstance(batch["sentence"], list) and len(batch["sentence"]) == 4
     assert "orig_image" not in batch
+
+
+# ------------------------------------------------------------------------------ every form refer.py decodes
+
+
+def refer_py_mask(segmentation, height, width):
+    """What refer.py's getMask computes (polygons via frPyObjects, else the RLEs as given; decode; sum)."""
+    if isinstance(segmentation, list) and isinstance(segmentation[0], list):
+        rle = mask_utils.frPyObjects(segmentation, height, width)
+    else:
+        rle = segmentation
+    decoded = mask_utils.decode(rle)
+    return (decoded.sum(axis=2) if decoded.ndim == 3 else decoded) > 0
+
+
+@pytest.fixture(scope="module")
+def parts():
+    """Two visible shapes of one generated scene, as the two parts of one object."""
+    scene = render_scene(3, 2, 48, 64, depth=False)
+    return scene.shapes[0].visible, scene.shapes[1].visible
+
+
+def compressed(mask, counts_type=str):
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode() if counts_type is str else rle["counts"]}
+
+
+def polygons(mask):
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+SEGMENTATION_FORMS = {
+    "polygons": lambda a, b: polygons(a) + polygons(b),
+    "compressed RLE (str counts)": lambda a, b: compressed(a | b),
+    "compressed RLE (bytes counts)": lambda a, b: compressed(a | b, bytes),
+    "uncompressed RLE": lambda a, b: {"size": [48, 64], "counts": _uncompressed_counts(a | b)},
+    "list of compressed RLEs": lambda a, b: [compressed(a), compressed(b)],
+    "list of uncompressed RLEs": lambda a, b: [{"size": [48, 64], "counts": _uncompressed_counts(m)} for m in (a, b)],
+}
+
+
+@pytest.mark.parametrize("form", SEGMENTATION_FORMS)
+def test_every_segmentation_form_decodes_to_the_union_of_its_parts(parts, form):
+    from meres_core.data.refer import decode_segmentation
+
+    segmentation = SEGMENTATION_FORMS[form](*parts)
+    decoded = decode_segmentation(segmentation, 48, 64)
+    union = parts[0] | parts[1]
+    if form == "polygons":  # rasterised outlines: equal up to the one-pixel boundary
+        assert np.array_equal(decoded, refer_py_mask(segmentation, 48, 64))
+        assert not ((decoded ^ union) & ~boundary_band(union)).any()
+    else:
+        assert np.array_equal(decoded, union)
+    if form in ("polygons", "list of compressed RLEs"):  # the forms refer.py's getMask reads
+        assert np.array_equal(decoded, refer_py_mask(segmentation, 48, 64))
+
+
+def write_refcoco(root, segmentation_by_ann: dict, split="val"):
+    """A one-image RefCOCO-layout dataset: one ref (one sentence) per annotation."""
+    scene = render_scene(3, 2, 48, 64, depth=False)
+    image_dir = root / "images" / "mscoco" / "images" / "train2014"
+    image_dir.mkdir(parents=True)
+    name = "COCO_train2014_000000000042.jpg"
+    cv2.imwrite(str(image_dir / name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR))
+    instances = {"images": [{"id": 42, "file_name": name, "height": 48, "width": 64}],
+                 "annotations": [{"id": i, "image_id": 42, "category_id": 1, "segmentation": s}
+                                 for i, s in segmentation_by_ann.items()],
+                 "categories": [{"id": 1, "name": "person", "supercategory": "person"}]}
+    refs = [{"ref_id": i, "ann_id": i, "image_id": 42, "category_id": 1, "split": split, "sent_ids": [i],
+             "sentences": [{"tokens": ["the", "man"], "raw": "the man", "sent": "the man", "sent_id": i}]}
+            for i in segmentation_by_ann]
+    (root / "refcoco").mkdir()
+    (root / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+
+
+def test_a_list_of_compressed_rles_is_a_sample_not_a_skip(tmp_path, parts):
+    write_refcoco(tmp_path, {1: [compressed(parts[0]), compressed(parts[1])]})
+    ds = ReferDataset(tmp_path, "refcoco", "unc", "val", img_size=32, keep_original=True)
+    sample = ds[0]
+    assert sample is not None and not ds.skipped
+    assert np.array_equal(sample["orig_mask"], parts[0] | parts[1])
+
+
+def test_broken_samples_raise_instead_of_being_skipped_when_asked(tmp_path, parts):
+    from meres_core.data.refer import BrokenSampleError
+
+    write_refcoco(tmp_path, {1: compressed(parts[0]), 2: [[5.0, 5.0, 5.0, 5.0]]})
+    lenient = ReferDataset(tmp_path, "refcoco", "unc", "val", img_size=32)
+    assert lenient[1] is None and lenient.skipped == Counter({"empty_mask": 1})
+    strict = ReferDataset(tmp_path, "refcoco", "unc", "val", img_size=32, skip_broken=False)
+    assert strict[0] is not None
+    with pytest.raises(BrokenSampleError, match=r"refcoco val.*ref 2.*sent 2.*empty_mask"):
+        strict[1]

@@ -7,6 +7,7 @@ with wide margins, and all runs are deterministic on CPU with one thread.
 """
 import json
 import os
+import pickle
 import re
 import signal
 import socket
@@ -20,13 +21,13 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from meres_core.checkpoint import load_checkpoint
-from meres_core.config import load_config, merge
-from meres_core.data.refer import ReferDataset
+from meres_core.config import load_config, merge, parse_overrides
+from meres_core.data.refer import ReferDataset, collate_samples
 from meres_core.data.synthetic import generate
 from meres_core.model.meres import MERES
 from training import evaluate, train
-from training.config import load_train_config, parse_overrides
-from training.data import ResumableSampler, kind_balancing_weights
+from training.config import DataConfig, load_train_config
+from training.data import ResumableSampler, kind_balancing_weights, make_dataset
 
 LEARN_STEPS = 200
 IMG_SIZE = 64  # the tiny preset's input
@@ -35,8 +36,9 @@ IMG_SIZE = 64  # the tiny preset's input
 def write_config(path: Path, data_root: Path, out_dir: Path, **overrides) -> Path:
     cfg = {
         "preset": "tiny",
+        # epoch: sentence so that one scene (14 sentences, 3-7 refs) still fills the batches below
         "data": {"root": str(data_root), "dataset": "synth", "split_by": "synth", "val_split": "train",
-                 "num_workers": 0},
+                 "num_workers": 0, "epoch": "sentence"},
         "optim": {"lr": 2.0e-3, "warmup_steps": 10, "weight_decay": 0.0, "clip_grad_norm": 1.0},
         "eval": {"resolution": "input", "overlays": 1},
         "epochs": 1000, "batch_size": 8, "out_dir": str(out_dir), "device": "cpu", "cpu_threads": 1,
@@ -133,6 +135,99 @@ def test_kind_balanced_sampler_gives_each_kind_an_equal_share_and_resumes():
     assert list(again) == list(sampler)[17:]
     sampler.set_epoch(1)
     assert list(sampler) != [kinds.index(k) for k in drawn]  # a new order each epoch
+
+
+def test_per_ref_epoch_draws_one_sentence_of_every_ref_and_resumes():
+    """LAVT / CGFormer: an epoch visits every ref once with one of its sentences drawn at random."""
+    sizes = [3, 1, 2, 4] * 10
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    groups = [list(range(start, start + size)) for start, size in zip(starts, sizes)]
+    ref_of = {i: r for r, group in enumerate(groups) for i in group}
+    samples = list(range(sum(sizes)))
+
+    def epoch(rank, epoch_index, start=0):
+        sampler = ResumableSampler(samples, num_replicas=2, rank=rank, seed=3, groups=groups)
+        sampler.set_epoch(epoch_index, start)
+        return list(sampler)
+
+    both = epoch(0, 0) + epoch(1, 0)
+    assert len(epoch(0, 0)) == len(groups) // 2
+    assert sorted(ref_of[i] for i in both) == list(range(len(groups)))  # every ref once per epoch
+    assert epoch(1, 0, start=7) == epoch(1, 0)[7:]
+    drawn = {i for e in range(40) for i in epoch(0, e) + epoch(1, e)}
+    assert drawn == set(samples), "over epochs, every sentence of a ref gets drawn"
+    with pytest.raises(ValueError, match="weights.*groups"):
+        ResumableSampler(samples, 1, 0, seed=0, weights=torch.ones(len(samples)), groups=groups)
+
+
+def test_epoch_convention_is_a_config_choice_defaulting_to_the_peers():
+    assert DataConfig().epoch == "ref"
+    with pytest.raises(ValueError, match="balance_kinds.*data.epoch: sentence"):
+        load_train_config(None, {"data": {"balance_kinds": True}})
+    demo = load_train_config(Path(__file__).parents[1] / "training" / "configs" / "demo_synth.yaml")
+    assert demo.data.epoch == "sentence" and demo.data.balance_kinds  # the running demo recipe keeps its order
+
+
+@pytest.mark.parametrize("convention", ["ref", "sentence"])
+def test_trainer_epoch_length_follows_the_convention(tmp_path, scene_root, convention):
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=2,
+                          data={"epoch": convention}, eval={"overlays": 0})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    refs = len(trainer.train_set.refs)
+    units = refs if convention == "ref" else len(trainer.train_set)
+    assert trainer.steps_per_epoch == units // 2
+    trainer.sampler.set_epoch(0)
+    ref_ids = [trainer.train_set.samples[i][0]["ref_id"] for i in trainer.sampler]
+    assert len(ref_ids) == units and (len(set(ref_ids)) == refs if convention == "ref" else True)
+    assert refs < len(trainer.train_set)
+
+
+def test_training_stops_when_pretrained_weights_cannot_be_had(tmp_path, scene_root):
+    from meres_core.model.pretrained import PretrainedWeightsUnavailable
+
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", max_steps=1,
+                          model={"vision": {"pretrained": "timm"}})
+    with pytest.raises(PretrainedWeightsUnavailable, match="null"):
+        train.main(["--config", str(config)])
+    assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def official_copy(scene_root, tmp_path):
+    """The synthetic scene laid out as RefCOCO (refs(unc).p), with one annotation's mask emptied."""
+    (tmp_path / "refcoco").mkdir()
+    refs = pickle.loads((scene_root / "synth" / "refs(synth).p").read_bytes())
+    instances = json.loads((scene_root / "synth" / "instances.json").read_text())
+    instances["annotations"][0]["segmentation"] = [[5.0, 5.0, 5.0, 5.0]]
+    (tmp_path / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs, protocol=2))
+    (tmp_path / "refcoco" / "instances.json").write_text(json.dumps(instances))
+    return DataConfig(root=str(tmp_path), dataset="refcoco", split_by="unc", image_root=str(scene_root / "images"))
+
+
+def test_evaluation_of_an_official_split_fails_on_a_broken_sample(tmp_path, scene_root):
+    from meres_core.data.refer import BrokenSampleError
+
+    data = official_copy(scene_root, tmp_path)
+    lenient = make_dataset(data, "train", IMG_SIZE)
+    assert None in [lenient[i] for i in range(len(lenient))]  # training skips and counts
+    strict = make_dataset(data, "train", IMG_SIZE, evaluation=True)
+    with pytest.raises(BrokenSampleError, match="empty_mask"):
+        [strict[i] for i in range(len(strict))]
+
+
+def test_evaluation_reports_skipped_samples_and_falls_back_from_fp16_on_cpu(scene_root, tiny_cfg, caplog):
+    """Other datasets: skipped samples are counted in the report. fp16 on CPU: fp32 with a warning,
+    the one precision policy of Segmenter, evaluation and training (meres_core/device.py)."""
+    dataset = ReferDataset(scene_root, "synth", "synth", "train", img_size=IMG_SIZE)
+    samples = [dataset[i] for i in range(5)] + [None]
+    loader = torch.utils.data.DataLoader(samples, batch_size=3, collate_fn=collate_samples)
+    torch.manual_seed(0)
+    model = MERES(tiny_cfg.model)
+    result = evaluate.evaluate_model(model, tiny_cfg, loader, torch.device("cpu"), "input", precision="fp16",
+                                     progress=False)
+    assert result.summary["samples"] == 5 and result.summary["skipped"] == 1
+    assert result.summary["precision"] == "fp32"
+    assert any("fp16 needs CUDA" in r.getMessage() for r in caplog.records)
+    assert any("scored 5 of 6 samples" in r.getMessage() for r in caplog.records)
 
 
 def test_warm_start_widens_for_coordinates_and_keeps_the_old_function(tmp_path, tiny_cfg, scene):
@@ -286,6 +381,33 @@ def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
     assert out.stat().st_size < 0.4 * (trained / "best.pt").stat().st_size  # no optimizer moments, fp16
     result = Segmenter.from_checkpoint(out).segment(torch.zeros(96, 128, 3, dtype=torch.uint8).numpy(), "a star")[0]
     assert result.mask.shape == (96, 128)
+
+
+def test_ablation_tooling_runs_table3_and_the_eq6_eq7_readings(tmp_path):
+    """Item 7's table: Table 3 plus the non-literal Eq. 6 / 7 readings, N seeds, on the dataclass config."""
+    from training import ablate
+
+    base = load_train_config(Path(__file__).parents[1] / "training" / "configs" / "ablation_synth.yaml")
+    variants = ablate.variants(["3", "eq67"])
+    assert {"LE", "Enhanced LE", "VE", "Enhanced LE + All pixels", ablate.FULL} <= set(variants)
+    for name, overrides in variants.items():
+        cfg = ablate.variant_config(base, overrides, seed=1, out_dir=tmp_path / name)
+        model = cfg.model_config().model
+        assert cfg.seed == 1 and cfg.out_dir == str(tmp_path / name)
+        assert model.text.name == base.model_config().model.text.name  # the base recipe is kept
+        if "temperature" in name:
+            assert model.extractor.softmax_temperature == pytest.approx(0.07)
+        if "1/K" in name:
+            assert model.extractor.divide_by_k is False
+    assert ablate.parse_args(["--config", "x.yaml", "--tables", "3", "eq67", "--seeds", "2"]).tables == ["3", "eq67"]
+
+
+def test_ablation_report_says_whether_the_full_model_reached_the_budget():
+    from training.ablate import FULL, budget_note
+
+    low = {FULL: {"mIoU": {"mean": 0.41, "std": 0.01}}}
+    assert "below" in budget_note(low, 0.60) and "41.0" in budget_note(low, 0.60)
+    assert "reached" in budget_note({FULL: {"mIoU": {"mean": 0.63, "std": 0.01}}}, 0.60)
 
 
 def test_ablation_tables_report_mean_spread_and_change_vs_full():

@@ -1,4 +1,5 @@
-"""Training configuration: dataclasses loaded from YAML, with `--set key=value` overrides.
+"""Training configuration: dataclasses loaded from YAML, with `--set key=value` overrides
+(built with meres_core.config's toolkit: `from_dict`, `override`, `parse_overrides`).
 
 A training YAML names a model preset (`meres_core/presets/*.yaml`) and overrides of its
 `model` section, plus data, optimizer, schedule and run settings:
@@ -15,15 +16,14 @@ recipe means the same thing on 1 or 8 GPUs.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-import typing
 from typing import Any, Literal, Optional
 
 import yaml
 
-from meres_core.config import MeresConfig, load_config, merge
+# The one config toolkit (builder, override, merge, `--set` parser) serves training configs too.
+from meres_core.config import MeresConfig, from_dict, load_config, merge
 
 
 @dataclass
@@ -52,8 +52,12 @@ class DataConfig:
     # Periodic validation on the first N val samples (None: all). Final numbers come from evaluate.py.
     val_limit: Optional[int] = None
     num_workers: int = 2
+    # What one epoch is. "ref": every referred object once, with one of its sentences drawn at
+    # random (fixed per (seed, epoch)), as LAVT and CGFormer iterate RefCOCO; the paper's "40 epochs"
+    # are these. "sentence": every sentence once (about 2.8x the steps on RefCOCO's train split).
+    epoch: Literal["ref", "sentence"] = "ref"
     # Draw training sentences so that every sentence `kind` has the same share (with replacement,
-    # a fixed order per (seed, epoch)); else one pass over the sentences per epoch.
+    # a fixed order per (seed, epoch)). Kinds belong to sentences, not refs: needs epoch "sentence".
     balance_kinds: bool = False
     synthetic: Optional[SyntheticConfig] = None
 
@@ -101,7 +105,8 @@ class TrainConfig:
     max_steps: Optional[int] = None
     batch_size: int = 16  # global, per optimizer step
     accumulation: int = 1  # micro-batches per optimizer step (per rank: batch_size / world / accumulation)
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"  # fp16: autocast + GradScaler (CUDA only)
+    # fp16: autocast + GradScaler, CUDA only (elsewhere fp32 with a warning: meres_core/device.py)
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     seed: int = 0
     checkpoint_every: int = 1000  # optimizer steps; also at every epoch end
     out_dir: str = "runs/meres"
@@ -121,51 +126,6 @@ class TrainConfig:
         return load_config(self.preset, overrides={"model": self.model})
 
 
-def to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(cfg)
-    data["optim"]["betas"] = list(cfg.optim.betas)  # YAML / JSON friendly
-    return data
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['optim.lr=1e-4', 'model.guidance=le'] -> nested dict; values are parsed as YAML."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
-def _dataclass_of(annotation) -> Optional[type]:
-    """The dataclass in `X` or `Optional[X]`, else None."""
-    candidates = typing.get_args(annotation) or (annotation,)
-    return next((c for c in candidates if dataclasses.is_dataclass(c)), None)
-
-
-def _build(cls, data: dict[str, Any]):
-    """Recursively build dataclass `cls` from a dict, rejecting unknown keys (typos fail loudly)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
-    kwargs = {}
-    for name, value in data.items():
-        sub = _dataclass_of(hints[name])
-        if sub and isinstance(value, dict):
-            value = _build(sub, value)
-        elif float in (typing.get_args(hints[name]) or (hints[name],)) and isinstance(value, (int, str)):
-            value = float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A training YAML; `base: other.yaml` (relative to this file) is read first and overridden."""
     path = Path(path)
@@ -176,26 +136,24 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_train_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """YAML file (or the defaults) + nested overrides -> validated TrainConfig."""
-    data = merge(read_yaml(path) if path else {}, overrides or {})
-    if data.get("optim", {}).get("betas") is not None:
-        data["optim"]["betas"] = tuple(data["optim"]["betas"])
-    cfg = _build(TrainConfig, data)
+    cfg = from_dict(TrainConfig, merge(read_yaml(path) if path else {}, overrides or {}))
     validate(cfg)
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Checks across fields; the field types themselves are checked when building (`override`)."""
     if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.accumulation < 1:
         raise ValueError("epochs, batch_size and accumulation must be >= 1")
-    if cfg.precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {cfg.precision!r}")
-    if cfg.eval.resolution not in ("original", "input"):
-        raise ValueError("eval.resolution must be original or input")
+    if cfg.data.balance_kinds and cfg.data.epoch != "sentence":
+        raise ValueError("data.balance_kinds weights sentences by their kind, so it draws sentences, not refs: "
+                         "set data.epoch: sentence with it")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError("max_steps must be >= 1")
     if cfg.checkpoint_every < 1:
         raise ValueError("checkpoint_every must be >= 1")
     cfg.model_config()  # raises on a bad preset name or model override
+    return cfg
 
 
 def per_rank_batch(cfg: TrainConfig, world_size: int) -> int:

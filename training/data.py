@@ -34,12 +34,23 @@ def ensure_synthetic(data: DataConfig) -> None:
     generate(data.root, **dataclasses.asdict(data.synthetic))
 
 
+# The published benchmarks: evaluating on them must score every sample, never skip one.
+OFFICIAL_DATASETS = ("refcoco", "refcoco+", "refcocog")
+
+
 def make_dataset(data: DataConfig, split: str, img_size: int, keep_original: bool = False,
-                 limit: Optional[int] = None, categories: Optional[list[str]] = None) -> Dataset:
-    """A REFER split; `limit` keeps the first N samples (fixed, so periodic validation is comparable)."""
+                 limit: Optional[int] = None, categories: Optional[list[str]] = None,
+                 evaluation: bool = False) -> Dataset:
+    """A REFER split; `limit` keeps the first N samples (fixed, so periodic validation is comparable).
+
+    `evaluation` on an official dataset: a broken sample raises (BrokenSampleError) instead of
+    being skipped, so reported numbers are over the whole split. Elsewhere skips are counted
+    and evaluate_model reports them.
+    """
     dataset = ReferDataset(data.root, dataset=data.dataset, split_by=data.split_by, split=split,
                            image_root=data.image_root, img_size=img_size, categories=categories,
-                           keep_original=keep_original)
+                           keep_original=keep_original,
+                           skip_broken=not (evaluation and data.dataset in OFFICIAL_DATASETS))
     if limit is not None and limit < len(dataset):
         return Subset(dataset, range(limit))
     return dataset
@@ -57,20 +68,26 @@ def kind_balancing_weights(kinds: list[str]) -> torch.Tensor:
 
 
 class ResumableSampler(DistributedSampler):
-    """DistributedSampler that can start part-way into an epoch, optionally drawing by weight.
+    """DistributedSampler that can start part-way into an epoch, optionally drawing by weight
+    or one sample per group.
 
     The order of an epoch depends only on (seed, epoch), as in DistributedSampler; skipping
     the first `start` indices of this rank's share resumes exactly where a run stopped,
     without loading the skipped samples. With `weights`, an epoch is len(dataset) draws
     with replacement (torch.multinomial), split across ranks like DistributedSampler's order.
+    With `groups` (sample indices per ref), an epoch is one shuffled pass over the groups,
+    taking one sample of each at random (data.epoch "ref", as LAVT / CGFormer).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
-                 weights: Optional[torch.Tensor] = None):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+                 weights: Optional[torch.Tensor] = None, groups: Optional[list[list[int]]] = None):
+        if weights is not None and groups is not None:
+            raise ValueError("sampling weights and groups exclude each other: weights draw samples, groups refs")
+        units = dataset if groups is None else range(len(groups))  # what one epoch passes over
+        super().__init__(units, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         if weights is not None and len(weights) != len(dataset):
             raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} samples")
-        self.weights = weights
+        self.weights, self.groups = weights, groups
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -82,8 +99,20 @@ class ResumableSampler(DistributedSampler):
         draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator)
         return iter(draws[self.rank: self.total_size: self.num_replicas].tolist())
 
+    def _one_per_group_order(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        groups = torch.randperm(len(self.groups), generator=generator)[: self.total_size]  # DistributedSampler's
+        draws = torch.rand(len(self.groups), generator=generator)  # which sample of each group, this epoch
+        mine = groups[self.rank: self.total_size: self.num_replicas].tolist()
+        return iter(self.groups[g][int(draws[g] * len(self.groups[g]))] for g in mine)
+
     def __iter__(self):
-        order = super().__iter__() if self.weights is None else self._weighted_order()
+        if self.groups is not None:
+            order = self._one_per_group_order()
+        elif self.weights is not None:
+            order = self._weighted_order()
+        else:
+            order = super().__iter__()
         return itertools.islice(order, self.start, None)
 
     def __len__(self) -> int:

@@ -16,7 +16,6 @@ trained with (its metadata).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -34,7 +33,8 @@ from tqdm import tqdm
 from meres_core.checkpoint import build_from_checkpoint, resolve_checkpoint
 from meres_core.config import MeresConfig
 from meres_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from meres_core.inference import Segmenter, select_device
+from meres_core.device import autocast, precision_name, select_device, select_dtype
+from meres_core.inference import Segmenter
 from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table
 from meres_core.model.meres import MERES
 from meres_core.visualize import draw_overlay
@@ -47,28 +47,19 @@ log = logging.getLogger("training.evaluate")
 GT_OUTLINE_RGB = (255, 255, 255)  # ground-truth contour on overlays; predictions use the overlay palette
 
 
-def autocast(precision: str, device: torch.device):
-    """fp32: no autocast; fp16 (CUDA) / bf16: mixed precision, as in training."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision fp16 needs CUDA; use bf16 or fp32 on CPU")
-    return torch.autocast(device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
-
-
 @torch.inference_mode()
 def predict(model: MERES, loader: DataLoader, device: torch.device, resolution: str,
-            precision: str = "fp32") -> Iterator[tuple[dict, list[np.ndarray], list[np.ndarray]]]:
+            dtype: torch.dtype = torch.float32) -> Iterator[tuple[dict, list[np.ndarray], list[np.ndarray]]]:
     """Yield (batch, probabilities, targets) per batch; float32 / bool arrays at `resolution`.
 
-    `original` needs a dataset built with keep_original=True.
+    `original` needs a dataset built with keep_original=True. `dtype`: from meres_core.device.select_dtype.
     """
     model.eval()
     for batch in loader:
         if batch is None:  # every sample of the batch was broken
             continue
         input_ids, attention_mask = model.tokenize(batch["sentence"])
-        with autocast(precision, device):
+        with autocast(dtype, device):
             logits = model(batch["image"].to(device), input_ids, attention_mask).logits.float()
         if resolution == "original":
             targets = list(batch["orig_mask"])
@@ -108,15 +99,19 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     """Metrics over `loader`; `found` is decided exactly as the deployed Segmenter decides it.
 
     found-accuracy: on no-target ("absent") sentences, the fraction reported not found;
-    on the others, the fraction reported found.
+    on the others, the fraction reported found. `precision` follows meres_core.device's
+    policy (fp16 without CUDA runs fp32, with a warning); the summary names what ran.
+    Samples the dataset skipped as broken are counted (`skipped`) and logged; an official
+    split raises on them instead (make_dataset(..., evaluation=True)).
     """
+    dtype = select_dtype(precision, device)
     segmenter = Segmenter(model, cfg, device=str(device))
     metrics = SegmentationMetrics()
     pr = PixelPR() if pr_curve else None
     found_correct = {"absent": [0, 0], "present": [0, 0]}  # [correct, total]
     scores, has_target = [], []  # for the presence-threshold calibration
     images: list[np.ndarray] = []
-    batches = predict(model, loader, device, resolution, precision)
+    batches = predict(model, loader, device, resolution, dtype)
     for batch, probabilities, targets in tqdm(batches, total=len(loader), disable=not progress, desc="evaluate"):
         for i, (probability, target) in enumerate(zip(probabilities, targets)):
             result = segmenter.decide(batch["sentence"][i], probability)
@@ -132,7 +127,13 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
                 rgb = batch["orig_image"][i] if resolution == "original" else input_rgb(batch["image"][i])
                 images.append(overlay(rgb, result, target))
     summary = metrics.summary()
+    summary["samples"] = sum(found_correct[group][1] for group in found_correct)
+    summary["skipped"] = len(loader.dataset) - summary["samples"]
+    if summary["skipped"]:
+        log.warning("evaluation scored %d of %d samples: %d skipped as broken (see the dataset's log lines)",
+                    summary["samples"], len(loader.dataset), summary["skipped"])
     summary["resolution"] = resolution
+    summary["precision"] = precision_name(dtype)
     summary["found_accuracy"] = {group: (correct / total if total else None)
                                  for group, (correct, total) in found_correct.items()}
     summary["found_counts"] = {group: total for group, (_, total) in found_correct.items()}
@@ -174,7 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--limit", type=int, help="first N samples only")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
+                        help="fp16 needs CUDA; elsewhere fp32 runs (with a warning) and the report says so")
     parser.add_argument("--out", help="output folder (default: runs/eval/<checkpoint>_<dataset>_<split>_<resolution>)")
     return parser.parse_args(argv)
 
@@ -187,7 +189,7 @@ def main(argv=None) -> dict:
     model.to(device)
     data = data_config(args, metadata)
     dataset = make_dataset(data, args.split, cfg.model.vision.img_size, keep_original=args.resolution == "original",
-                           limit=args.limit, categories=args.categories)
+                           limit=args.limit, categories=args.categories, evaluation=True)
     loader = make_eval_loader(dataset, args.batch_size, args.num_workers)
     result = evaluate_model(model, cfg, loader, device, args.resolution, args.precision, pr_curve=True)
 
@@ -196,7 +198,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(checkpoint), "dataset": data.dataset, "split_by": data.split_by, "split": args.split,
-        "samples": len(dataset), "precision": args.precision, "preset": cfg.preset, **result.summary,
+        "preset": cfg.preset, **result.summary,
     }
     (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1))
     result.pr.plot(out / "pr_curve.png", label=cfg.preset)

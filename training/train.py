@@ -36,13 +36,14 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from meres_core.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from meres_core.config import MeresConfig
+from meres_core.config import MeresConfig, as_dict, parse_overrides
 from meres_core.data.refer import collate_samples
+from meres_core.device import autocast, precision_name, select_dtype
 from meres_core.model.meres import MERES, count_parameters
 
-from .config import TrainConfig, load_train_config, parse_overrides, per_rank_batch, to_dict
+from .config import TrainConfig, load_train_config, per_rank_batch
 from .data import ResumableSampler, ensure_synthetic, kind_balancing_weights, make_dataset, make_eval_loader
-from .evaluate import autocast, evaluate_model
+from .evaluate import evaluate_model
 
 log = logging.getLogger("training.train")
 
@@ -209,10 +210,12 @@ class Trainer:
         rt.barrier()
         self.train_set = make_dataset(cfg.data, cfg.data.train_split, img_size, categories=cfg.data.categories)
         self.micro_batch = per_rank_batch(cfg, rt.world_size)
-        weights = None
+        weights = groups = None
         if cfg.data.balance_kinds:
             weights = kind_balancing_weights([str(s.get("kind", cfg.data.dataset)) for _, s in self.train_set.samples])
-        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed, weights)
+        if cfg.data.epoch == "ref":
+            groups = self.train_set.sentences_by_ref()
+        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed, weights, groups)
         # The loader's own generator (worker seeds) keeps iterator creation from drawing on the
         # global torch RNG, so a resumed run's dropout stream matches an uninterrupted one.
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
@@ -222,14 +225,16 @@ class Trainer:
         # Leftover micro-batches of an epoch that do not fill an optimizer step are skipped.
         self.steps_per_epoch = (self.sampler.num_samples // self.micro_batch) // cfg.accumulation
         if self.steps_per_epoch < 1:
-            raise ValueError(f"train split has {len(self.train_set)} samples: too few for one step of "
-                             f"batch {cfg.batch_size}")
+            raise ValueError(f"train split has {len(self.sampler.dataset)} {cfg.data.epoch}s per epoch: too few "
+                             f"for one step of batch {cfg.batch_size}")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model = MERES(self.model_cfg.model).to(rt.device)
+        # Pretrained weights that cannot be had are an error here, not a silent random init:
+        # random init is what the config says (vision.pretrained: null, text.pretrained: false).
+        self.model = MERES(self.model_cfg.model, pretrained_required=True).to(rt.device)
         if cfg.init_from:
             warm_start(self.model, cfg.init_from)
         loss_model = LossModel(self.model)
@@ -240,7 +245,8 @@ class Trainer:
         o = cfg.optim
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, o.warmup_steps, o.poly_power))
-        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=cfg.precision == "fp16")
+        self.dtype = select_dtype(cfg.precision, rt.device)  # fp16 without CUDA: fp32 (meres_core/device.py)
+        self.scaler = torch.amp.GradScaler(rt.device.type, enabled=self.dtype == torch.float16)
         self.step, self.epoch, self.position = 0, 0, 0  # position: micro-batches done in `epoch`
         self.best_oiou = -1.0
         self.train_seconds = 0.0  # summed over resumed runs
@@ -267,7 +273,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(), "rng": rngs, "best_oiou": self.best_oiou,
             "train_seconds": self.train_seconds,
         }
-        metadata = {"train_config": to_dict(self.cfg), "step": self.step, "epoch": self.epoch,
+        metadata = {"train_config": as_dict(self.cfg), "step": self.step, "epoch": self.epoch,
                     "train_seconds": round(self.train_seconds, 1)}
         if val is not None:
             metadata["val"] = val
@@ -303,7 +309,7 @@ class Trainer:
         val = None
         if self.rt.is_main:
             result = evaluate_model(self.model, self.model_cfg, self.val_loader, self.rt.device,
-                                    resolution=self.cfg.eval.resolution, precision=self.cfg.precision,
+                                    resolution=self.cfg.eval.resolution, precision=precision_name(self.dtype),
                                     overlays=self.cfg.eval.overlays, progress=False)
             self.model.train()
             val = result.summary
@@ -339,7 +345,7 @@ class Trainer:
             sync = i == accumulation - 1 or not self.rt.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 input_ids, attention_mask = self.model.tokenize(batch["sentence"])
-                with autocast(self.cfg.precision, device):
+                with autocast(self.dtype, device):
                     losses = self.ddp(batch["image"].to(device, non_blocking=True),
                                       batch["mask"].to(device, non_blocking=True), input_ids, attention_mask)
                 self.scaler.scale(losses["loss"] / accumulation).backward()

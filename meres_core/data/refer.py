@@ -40,6 +40,10 @@ _SAFE_GLOBALS = {(module, name) for module in ("builtins", "__builtin__")
 log = logging.getLogger(__name__)
 
 
+class BrokenSampleError(ValueError):
+    """A sample that cannot be used, in a dataset built with skip_broken=False (evaluation)."""
+
+
 class UnsafePickleError(pickle.UnpicklingError):
     """A pickle referenced a class or function outside the builtin containers."""
 
@@ -74,18 +78,22 @@ def load_refs(path: Union[str, Path]) -> list[dict]:
 
 
 def decode_segmentation(segmentation, height: int, width: int) -> np.ndarray:
-    """COCO polygons, uncompressed RLE or compressed RLE -> bool (height, width) mask."""
-    if isinstance(segmentation, list):
-        # frPyObjects reads a 4-number list as a box; such degenerate polygons hold no area anyway.
-        polygons = [p for p in segmentation if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), bool)
-        rle = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
-    elif isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    else:
-        rle = segmentation
-    return mask_utils.decode(rle).astype(bool)
+    """Every segmentation form of COCO / REFER -> bool (height, width) mask, the union of its parts.
+
+    Forms: a list of polygons; one RLE (compressed: `counts` str or bytes; uncompressed:
+    `counts` a list of run lengths); a list of RLEs, which refer.py decodes with
+    `mask.decode` and sums over parts (a pixel counts when any part covers it).
+    """
+    parts = segmentation if isinstance(segmentation, list) else [segmentation]
+    rles = []
+    for part in parts:
+        if isinstance(part, dict):  # frPyObjects compresses an uncompressed RLE; a compressed one is used as is
+            rles.append(mask_utils.frPyObjects(part, height, width) if isinstance(part["counts"], list) else part)
+        elif len(part) >= 6:  # a polygon; frPyObjects would read 4 numbers as a box (no area as a polygon)
+            rles.extend(mask_utils.frPyObjects([part], height, width))
+    if not rles:
+        return np.zeros((height, width), bool)
+    return mask_utils.decode(mask_utils.merge(rles)).astype(bool)
 
 
 def refer_paths(data_root: Union[str, Path], dataset: str, split_by: str,
@@ -112,12 +120,13 @@ class ReferDataset(Dataset):
     dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
     when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
-    with DataLoader workers each worker process keeps its own count.
+    with DataLoader workers each worker process keeps its own count. With
+    `skip_broken=False` it raises BrokenSampleError instead (evaluation of official splits).
     """
 
     def __init__(self, data_root, dataset: str = "refcoco", split_by: str = "unc", split: str = "train",
                  image_root=None, img_size: int = 480, categories: Optional[Iterable[Union[str, int]]] = None,
-                 keep_original: bool = False):
+                 keep_original: bool = False, skip_broken: bool = True):
         if img_size < 1:
             raise ValueError("img_size must be positive")
         self.paths = refer_paths(data_root, dataset, split_by, image_root)
@@ -125,6 +134,7 @@ class ReferDataset(Dataset):
         if missing:
             raise ReferFilesNotFoundError(f"dataset {dataset!r} (split_by {split_by!r})", missing)
         self.dataset, self.split, self.img_size, self.keep_original = dataset, split, img_size, keep_original
+        self.skip_broken = skip_broken
 
         refs = load_refs(self.paths["refs"])
         available = sorted({str(r["split"]) for r in refs})
@@ -162,6 +172,14 @@ class ReferDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sentences_by_ref(self) -> list[list[int]]:
+        """Sample indices grouped by ref, in ref order (samples are stored ref by ref)."""
+        groups, start = [], 0
+        for ref in self.refs:
+            groups.append(list(range(start, start + len(ref["sentences"]))))
+            start += len(ref["sentences"])
+        return [g for g in groups if g]
+
     def sentences_by_kind(self) -> Counter:
         return Counter(sentence.get("kind", self.dataset) for _, sentence in self.samples)
 
@@ -177,7 +195,10 @@ class ReferDataset(Dataset):
             mask |= decode_segmentation(self.annotations[ann_id]["segmentation"], height, width)
         return mask
 
-    def _skip(self, reason: str) -> None:  # returns the None that marks a broken sample
+    def _skip(self, reason: str, ref: dict, sentence: dict) -> None:  # returns the None that marks a broken sample
+        if not self.skip_broken:
+            raise BrokenSampleError(f"{self.dataset} {self.split}: ref {ref['ref_id']} sent {sentence.get('sent_id')} "
+                                    f"is broken ({reason}); evaluation does not drop samples")
         self.skipped[reason] += 1
         # Logged here because DataLoader workers keep their own `skipped` counters.
         log.warning("skipping a broken sample (%s); skipped so far in this process: %s",
@@ -188,19 +209,19 @@ class ReferDataset(Dataset):
         ref, sentence = self.samples[index]
         text = str(sentence.get("sent") or sentence.get("raw") or "").strip()
         if not text:
-            return self._skip("empty_sentence")
+            return self._skip("empty_sentence", ref, sentence)
         if ref["image_id"] not in self.images or any(i not in self.annotations for i in _ann_ids(ref)):
-            return self._skip("missing_annotation")
+            return self._skip("missing_annotation", ref, sentence)
         image = self.read_image(ref["image_id"])
         if image is None:
-            return self._skip("unreadable_image")
+            return self._skip("unreadable_image", ref, sentence)
         info = self.images[ref["image_id"]]
         if image.shape[:2] != (info["height"], info["width"]):
-            return self._skip("image_size_mismatch")
+            return self._skip("image_size_mismatch", ref, sentence)
         no_target = bool(ref.get("no_target", False)) or not _ann_ids(ref)
         mask = self.ref_mask(ref, *image.shape[:2])
         if not no_target and not mask.any():
-            return self._skip("empty_mask")
+            return self._skip("empty_mask", ref, sentence)
         sample = {
             "image": preprocess_image(image, self.img_size),
             "mask": resize_mask(mask, self.img_size),

@@ -7,11 +7,13 @@ same rule as the Swin segmentation code that LAVT builds on, so no weights chang
 
 TextEncoder: transformers AutoModel + AutoTokenizer, giving Q_l (B, T, D_t) with the
 global token in row 0 and a boolean validity mask (False on padding).
+
+Pretrained weights (hub, hub cache, local files / folders) and what a failed load means:
+model/pretrained.py. `pretrained_required` makes a failed load an error (training).
 """
 from __future__ import annotations
 
 import importlib.util
-import logging
 from pathlib import Path
 
 import timm
@@ -20,8 +22,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
 
 from ..config import TextConfig, VisionConfig
-
-log = logging.getLogger(__name__)
+from .pretrained import hub_offline, timm_weights_overlay, unavailable
 
 
 def resolve_model_path(name: str) -> str:
@@ -38,7 +39,7 @@ def resolve_model_path(name: str) -> str:
 class VisionEncoder(nn.Module):
     """timm Swin -> [F1, F2, F3, F4], each (B, C_i, H_i, W_i)."""
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, pretrained_required: bool = False):
         super().__init__()
         overrides = {
             key: value
@@ -55,24 +56,22 @@ class VisionEncoder(nn.Module):
             drop_path_rate=cfg.drop_path_rate,
             **overrides,
         )
-        self.backbone = self._create(cfg, kwargs)
+        self.backbone = self._create(cfg, kwargs, pretrained_required)
         self.channels: list[int] = self.backbone.feature_info.channels()
         # Per-stage LayerNorm on the outputs, as in Swin's segmentation heads (and LAVT).
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
 
     @staticmethod
-    def _create(cfg: VisionConfig, kwargs: dict) -> nn.Module:
+    def _create(cfg: VisionConfig, kwargs: dict, pretrained_required: bool) -> nn.Module:
         if cfg.pretrained is None:
             return timm.create_model(cfg.name, pretrained=False, **kwargs)
-        if cfg.pretrained != "timm":
-            if not Path(cfg.pretrained).is_file():
-                raise FileNotFoundError(f"vision weights file not found: {cfg.pretrained}")
-            kwargs["pretrained_cfg_overlay"] = dict(file=str(cfg.pretrained))
+        if cfg.pretrained != "timm" and not Path(cfg.pretrained).exists():  # a config error, never a fallback
+            raise FileNotFoundError(f"vision weights not found: {cfg.pretrained}")
         try:
-            return timm.create_model(cfg.name, pretrained=True, **kwargs)
-        except Exception as exc:  # offline hub, missing weights: keep going with random init
-            log.warning("vision encoder %s: pretrained weights unavailable (%s); using random init",
-                        cfg.name, type(exc).__name__)
+            overlay = timm_weights_overlay(cfg.name, cfg.pretrained)
+            return timm.create_model(cfg.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        except Exception as exc:  # hub errors, offline without a cached copy, unreadable files
+            unavailable(f"vision encoder {cfg.name}", exc, pretrained_required, "model.vision.pretrained: null")
             return timm.create_model(cfg.name, pretrained=False, **kwargs)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
@@ -83,25 +82,28 @@ class VisionEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """transformers BERT / CLIP text -> Q_l (B, T, D_t) and validity (B, T)."""
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, cfg: TextConfig, pretrained_required: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.tokenizer, self.model = self._create(cfg)
+        self.tokenizer, self.model = self._create(cfg, pretrained_required)
         self.dim: int = self.model.config.hidden_size
         if cfg.freeze:
             self.model.requires_grad_(False)
 
     @staticmethod
-    def _create(cfg: TextConfig):
+    def _create(cfg: TextConfig, pretrained_required: bool):
         path = resolve_model_path(cfg.name)
+        # A hub name offline: the hub cache only, no retries (a local folder never contacts the hub).
+        local_only = not Path(path).is_dir() and hub_offline()
         if cfg.pretrained:
             try:
-                return AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path)
-            except OSError as exc:  # offline hub: keep the architecture, random weights
-                log.warning("text encoder %s: pretrained weights unavailable (%s); using random init "
-                            "with the %s architecture", cfg.name, type(exc).__name__, cfg.kind)
+                return (AutoTokenizer.from_pretrained(path, local_files_only=local_only),
+                        AutoModel.from_pretrained(path, local_files_only=local_only))
+            except OSError as exc:  # keep the architecture, random weights (unless required)
+                unavailable(f"text encoder {cfg.name} ({cfg.kind})", exc, pretrained_required,
+                            "model.text.pretrained: false")
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         except OSError:
             tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.fallback_tokenizer))
         arch = dict(vocab_size=tokenizer.vocab_size, **cfg.architecture)

@@ -80,9 +80,12 @@ class VisualExpressionExtractor(nn.Module):
         # keep the softmax finite; their S_norm is zeroed right after.
         mask = torch.zeros_like(relevance).masked_fill(~selected & rows[..., None], float("-inf"))
         logits = relevance + mask if self.cfg.topk_mask_in_norm else relevance
+        if self.cfg.softmax_temperature is not None:  # not in the paper: sharpens the cosine scores
+            logits = logits / self.cfg.softmax_temperature
         s_norm = torch.softmax(logits, dim=-1) * rows[..., None]  # S_norm (B, T, N), Eq. 6
-        k = selected.sum(-1, keepdim=True).clamp(min=1)  # K per row (fixed for top-k)
-        f_a = (s_norm @ pixels) / k  # F_a (B, T, D), Eq. 7: the 1/K of the paper kept as written
+        f_a = s_norm @ pixels  # (B, T, D): S_norm-weighted sum over pixels, Eq. 7
+        if self.cfg.divide_by_k:  # Eq. 7's 1/K as written
+            f_a = f_a / selected.sum(-1, keepdim=True).clamp(min=1)  # K per row (fixed for top-k)
 
         f_r = f_a
         if self.cfg.refinement:

@@ -27,11 +27,13 @@ class MeresOutput:
 
 
 class MERES(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, pretrained_required: bool = False):
+        """`pretrained_required`: pretrained encoder weights named in `cfg` that cannot be loaded are
+        an error (training), not a loudly logged random init (model/pretrained.py)."""
         super().__init__()
         self.cfg = cfg
-        self.vision = VisionEncoder(cfg.vision)
-        self.text = TextEncoder(cfg.text)
+        self.vision = VisionEncoder(cfg.vision, pretrained_required)
+        self.text = TextEncoder(cfg.text, pretrained_required)
         d = cfg.dim
         self.text_proj = nn.Linear(self.text.dim, d)  # Q_l into the joint width D
         coord_channels = COORD_CHANNELS if cfg.coord_features else 0
