@@ -5,11 +5,9 @@ masks must be identical); the lifecycle and parameter tests start their own.
 Nothing here assumes that a best-effort frame arrives: `MeresClient.request`
 resends until answered.
 """
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
