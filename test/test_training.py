@@ -214,6 +214,18 @@ def test_evaluation_of_an_official_split_fails_on_a_broken_sample(tmp_path, scen
         [strict[i] for i in range(len(strict))]
 
 
+def test_periodic_validation_on_an_official_split_fails_on_a_broken_sample(tmp_path, scene_root):
+    from meres_core.data.refer import BrokenSampleError
+
+    data = official_copy(scene_root, tmp_path)
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=2,
+                          data={"root": data.root, "dataset": "refcoco", "split_by": "unc",
+                                "image_root": data.image_root}, eval={"overlays": 0})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    with pytest.raises(BrokenSampleError, match="refcoco train.*empty_mask"):
+        trainer.validate()
+
+
 def test_evaluation_reports_skipped_samples_and_falls_back_from_fp16_on_cpu(scene_root, tiny_cfg, caplog):
     """Other datasets: skipped samples are counted in the report. fp16 on CPU: fp32 with a warning,
     the one precision policy of Segmenter, evaluation and training (meres_core/device.py)."""

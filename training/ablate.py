@@ -87,7 +87,7 @@ def run_variant(base: TrainConfig, name: str, model_overrides: dict, seed: int, 
     trainer = Trainer(cfg, rt, progress_bar=False)
     trainer.fit()
     test_set = make_dataset(cfg.data, "test", trainer.model_cfg.model.vision.img_size,
-                            keep_original=cfg.eval.resolution == "original")
+                            keep_original=cfg.eval.resolution == "original", evaluation=True)
     loader = make_eval_loader(test_set, cfg.eval.batch_size, cfg.data.num_workers)
     result = evaluate_model(trainer.model, trainer.model_cfg, loader, rt.device, cfg.eval.resolution,
                             cfg.precision, pr_curve=True, progress=False)

@@ -256,7 +256,8 @@ class Trainer:
         self.writer: Optional[SummaryWriter] = None
         if rt.is_main:
             val_set = make_dataset(cfg.data, cfg.data.val_split, img_size,
-                                   keep_original=cfg.eval.resolution == "original", limit=cfg.data.val_limit)
+                                   keep_original=cfg.eval.resolution == "original", limit=cfg.data.val_limit,
+                                   evaluation=True)
             self.val_loader = make_eval_loader(val_set, cfg.eval.batch_size, cfg.data.num_workers)
             self.writer = SummaryWriter(str(self.out_dir / "tb"))
 
