@@ -107,6 +107,9 @@ class InferenceConfig:
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     mask_threshold: float = 0.5
     presence_threshold: float = 0.5
+    # "Which one?": the result is ambiguous when a second separated part of the mask holds at
+    # least this fraction of the most probable part's probability mass (inference.candidate_parts).
+    ambiguity_ratio: float = 0.5
     text_cache_size: int = 256
 
 
@@ -130,6 +133,8 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("decoder_dims needs one width per stage F4..F1")
     if m.extractor.softmax_temperature is not None and m.extractor.softmax_temperature <= 0:
         raise ValueError("extractor.softmax_temperature must be > 0 (or null: Eq. 6 as written)")
+    if not 0.0 < cfg.inference.ambiguity_ratio <= 1.0:
+        raise ValueError("inference.ambiguity_ratio must be in (0, 1]")
     return cfg
 
 

@@ -8,6 +8,11 @@ Presence score: the mean foreground probability over the predicted mask ("maskne
 as in SOLO / Mask2Former mask scoring), 0 for an empty mask. The model is trained with
 no-target sentences (empty masks) on the synthetic scenes, so an absent object yields an
 empty or low-confidence mask and `found` is False.
+
+"Which one?": when the sentence fits two objects ("the red mug" with two red mugs in view)
+the mask has two separated parts of comparable probability mass. `candidate_parts` holds
+the rule; the result is then `ambiguous` and lists every comparable part in `candidates`,
+so a dialogue system can ask instead of the robot guessing.
 """
 from __future__ import annotations
 
@@ -29,6 +34,19 @@ from .device import autocast, select_device, select_dtype
 from .model.meres import MERES
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One connected part of a mask: where it is and how probable it is."""
+
+    bbox: tuple[int, int, int, int]  # (x_min, y_min, x_max, y_max), inclusive
+    centroid: tuple[float, float]  # (u, v) pixels
+    score: float  # mean probability over the part, as the presence score over the mask
+    mass: float  # summed probability over the part: what ranks the parts
+
+    def summary(self) -> dict:
+        return {"bbox": self.bbox, "centroid": [round(c, 2) for c in self.centroid], "score": round(self.score, 4)}
+
+
 @dataclass
 class SegmentationResult:
     expression: str
@@ -36,16 +54,25 @@ class SegmentationResult:
     score: float  # presence score in [0, 1]
     mask: np.ndarray  # bool (H, W) at the input resolution
     probability: np.ndarray  # float32 (H, W)
-    # Of the mask's most probable connected part (`part`, see target_part); None when not found.
+    # Of the mask's most probable connected part (`part`, see candidate_parts); None when not found.
     bbox: Optional[tuple[int, int, int, int]]  # (x_min, y_min, x_max, y_max), inclusive
     centroid: Optional[tuple[float, float]]  # (u, v) pixels
     part: Optional[np.ndarray] = None  # bool (H, W): the connected part bbox / centroid describe
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The parts of comparable mass (candidate_parts), most probable first: candidates[0] is `part`.
+    # Empty when not found; more than one makes the result ambiguous.
+    candidates: list[Candidate] = field(default_factory=list)
+
+    @property
+    def ambiguous(self) -> bool:
+        """The sentence fits more than one separated part: ask which one instead of guessing."""
+        return len(self.candidates) > 1
 
     def summary(self) -> dict:
         """JSON-ready fields (no arrays)."""
         return {"expression": self.expression, "found": self.found, "score": round(self.score, 4),
                 "bbox": self.bbox, "centroid": None if self.centroid is None else [round(c, 2) for c in self.centroid],
+                "ambiguous": self.ambiguous, "candidates": [c.summary() for c in self.candidates],
                 "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}}
 
 
@@ -60,10 +87,13 @@ class Decision:
 
     mask_threshold: float  # a pixel belongs to the mask above this probability
     presence_threshold: float  # the target is found when the presence score reaches this
+    # A part holding at least this fraction of the top part's mass is a candidate too (candidate_parts).
+    ambiguity_ratio: float = InferenceConfig.ambiguity_ratio
 
     @classmethod
     def from_config(cls, inference: InferenceConfig) -> "Decision":
-        return cls(mask_threshold=inference.mask_threshold, presence_threshold=inference.presence_threshold)
+        return cls(mask_threshold=inference.mask_threshold, presence_threshold=inference.presence_threshold,
+                   ambiguity_ratio=inference.ambiguity_ratio)
 
 
 def normalize_expression(text: str) -> str:
@@ -162,7 +192,7 @@ class Segmenter:
         return results
 
     def decide(self, expression: str, probability: np.ndarray, decision: Decision | None = None) -> SegmentationResult:
-        """Threshold a probability map into mask, presence, bbox and centroid (also used by evaluation).
+        """Threshold a probability map into mask, presence, bbox, centroid and candidates (also used by evaluation).
 
         `decision`: None uses the model's own thresholds (`self.decision`).
         """
@@ -170,24 +200,34 @@ class Segmenter:
         mask = probability > decision.mask_threshold
         score = float(probability[mask].mean()) if mask.any() else 0.0
         found = bool(mask.any()) and score >= decision.presence_threshold
-        bbox = centroid = part = None
-        if found:
-            part = target_part(mask, probability)
-            ys, xs = np.nonzero(part)
-            bbox = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
-            centroid = (float(xs.mean()), float(ys.mean()))
-        return SegmentationResult(expression, found, score, mask, probability, bbox, centroid, part)
+        if not found:
+            return SegmentationResult(expression, found, score, mask, probability, None, None)
+        part, candidates = candidate_parts(mask, probability, decision.ambiguity_ratio)
+        return SegmentationResult(expression, found, score, mask, probability, candidates[0].bbox,
+                                  candidates[0].centroid, part, candidates=candidates)
 
 
-def target_part(mask: np.ndarray, probability: np.ndarray) -> np.ndarray:
-    """The mask's most probable connected part (largest summed probability).
+def candidate_parts(mask: np.ndarray, probability: np.ndarray,
+                    ambiguity_ratio: float) -> tuple[np.ndarray, list[Candidate]]:
+    """The mask's most probable connected part, and the parts of comparable mass: the one rule for "which one?".
 
-    A mask that spills onto a second object would otherwise put the grasp point (and the
-    depth read for it) between them.
+    A part's mass is its summed probability (8-connected parts of `mask`). The target is
+    the part of largest mass: a mask that spills onto a second object would otherwise put
+    the grasp point (and the depth read for it) between them. Every part whose mass is at
+    least `ambiguity_ratio` x the target's is a candidate, most massive first; two or more
+    candidates make the result ambiguous. Mass rather than area or peak probability, so a
+    large faint smear or a small confident speck does not count as a second object.
+
+    Returns (the target part as a bool mask, the candidates); `mask` must not be empty.
     """
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    if count <= 2:
-        return mask
-    mass = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)
-    mass[0] = -1.0  # background label
-    return labels == int(mass.argmax())
+    mass = np.bincount(labels.ravel(), weights=probability.ravel(), minlength=count)[1:]  # label 0: background
+    order = np.argsort(-mass, kind="stable")
+    kept = [int(i) for i in order if mass[i] >= ambiguity_ratio * mass[order[0]]]
+    candidates = []
+    for index in kept:
+        ys, xs = np.nonzero(labels == index + 1)
+        candidates.append(Candidate(bbox=(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
+                                    centroid=(float(xs.mean()), float(ys.mean())),
+                                    score=float(probability[ys, xs].mean()), mass=float(mass[index])))
+    return labels == kept[0] + 1, candidates

@@ -70,12 +70,13 @@ DIAGNOSTICS_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE
 
 
 def result_message_types():
-    """(ReferringSegmentation, ReferringSegmentationArray), or None when meres_ros_interfaces is not built."""
+    """(ReferringSegmentation, ReferringSegmentationArray, ReferringCandidate), or None when
+    meres_ros_interfaces is not built."""
     try:
-        from meres_ros_interfaces.msg import ReferringSegmentation, ReferringSegmentationArray
+        from meres_ros_interfaces.msg import ReferringCandidate, ReferringSegmentation, ReferringSegmentationArray
     except ImportError:
         return None
-    return ReferringSegmentation, ReferringSegmentationArray
+    return ReferringSegmentation, ReferringSegmentationArray, ReferringCandidate
 
 
 # Parameters ---------------------------------------------------------------------------------
@@ -113,6 +114,10 @@ PARAMETERS = {
     "presence_threshold": (Parameter.Type.DOUBLE, _descriptor(
         "Presence score at or above which the target counts as found. Unset: the model's own "
         "(inference.presence_threshold of its config).", float_range=(0.0, 1.0))),
+    "ambiguity_ratio": (Parameter.Type.DOUBLE, _descriptor(
+        "A result is ambiguous (\"which one?\") when a second separated part of the mask holds at least this "
+        "fraction of the most probable part's probability mass. Unset: the model's own "
+        "(inference.ambiguity_ratio of its config).", float_range=(0.0, 1.0))),
     "expressions": (Parameter.Type.STRING_ARRAY, _descriptor(
         "Expressions to segment from the start, as if published on /referring_expression; a message there replaces them.")),
     "max_expressions": (8, _descriptor("Most expressions accepted in one message (one batch per frame).",
@@ -148,7 +153,7 @@ PARAMETERS = {
 
 # Applied to the running node at once; the others are read at configure / activate.
 LIVE_PARAMETERS = {
-    "mask_threshold", "presence_threshold", "expressions", "max_expressions", "max_rate", "publish_debug",
+    "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "publish_debug",
     "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "sync_tolerance", "sync_wait",
     "rectified", "max_consecutive_failures", "image_timeout", "problem_log_period",
 }
@@ -165,6 +170,8 @@ def parameter_problem(name: str, value, current: dict) -> Optional[str]:
         return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
     if name == "precision" and value not in PRECISIONS:
         return f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
+    if name == "ambiguity_ratio" and value is not None and not value > 0.0:
+        return "ambiguity_ratio must be above 0 (at 0 every speck of the mask would be a candidate)"
     if name == "image_reliability" and value not in RELIABILITIES:
         return f"image_reliability must be one of {', '.join(RELIABILITIES)}, got {value!r}"
     if name in ("depth_min", "depth_max"):

@@ -135,6 +135,12 @@ class LiveSettings:
     rectified: bool
     mask_threshold: Optional[float]  # None: the model's own
     presence_threshold: Optional[float]
+    ambiguity_ratio: Optional[float]
+
+    def decision(self, segmenter):
+        """The model's decision with these settings where they are set."""
+        return decision_for(segmenter, mask_threshold=self.mask_threshold, presence_threshold=self.presence_threshold,
+                            ambiguity_ratio=self.ambiguity_ratio)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,7 @@ class MeresNode(LifecycleNode):
             "expression": self.create_publisher(String, ACTIVE_EXPRESSION_TOPIC, ACTIVE_EXPRESSION_QOS),
         }
         if self._result_types is not None:
-            result_type, array_type = self._result_types
+            result_type, array_type, _ = self._result_types
             self._outputs["result"] = self.create_lifecycle_publisher(result_type, RESULT_TOPIC, RESULT_QOS)
             self._outputs["results"] = self.create_lifecycle_publisher(array_type, RESULTS_TOPIC, RESULT_QOS)
 
@@ -393,6 +399,7 @@ class MeresNode(LifecycleNode):
             rectified=value("rectified"),
             mask_threshold=value("mask_threshold"),
             presence_threshold=value("presence_threshold"),
+            ambiguity_ratio=value("ambiguity_ratio"),
         )
 
     # Expressions -------------------------------------------------------------------------
@@ -534,7 +541,7 @@ class MeresNode(LifecycleNode):
         frame = Frame(rgb)
         if settings.use_depth:
             self._attach_depth(frame, msg, settings)
-        decision = decision_for(segmenter, settings.mask_threshold, settings.presence_threshold)
+        decision = settings.decision(segmenter)
         # Inputs are checked by now: whatever this raises is the model failing (see _worker_failed).
         targets = segment_frame(segmenter, frame, expressions.texts, settings.depth, decision)
         if frame.depth_m is not None:
@@ -608,9 +615,11 @@ class MeresNode(LifecycleNode):
         result = self._result_types[0](header=header, expression=target.expression, found=target.found,
                                        score=float(target.score), mask=mask, inference_time_ms=float(elapsed_ms))
         if target.bbox is not None:
-            x0, y0, x1, y1 = target.bbox
-            result.bbox = RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
+            result.bbox = region_of_interest(target.bbox)
         result.centroid_u, result.centroid_v = target.pixel_centroid or (math.nan, math.nan)
+        result.ambiguous = target.ambiguous
+        result.candidates = [self._result_types[2](score=c.score, bbox=region_of_interest(c.bbox), centroid_u=c.centroid[0],
+                                                   centroid_v=c.centroid[1]) for c in target.candidates]
         result.depth = float(target.depth_m) if target.depth_m is not None else math.nan
         if target.point_3d is not None:
             result.centroid_3d_valid = True
@@ -632,10 +641,11 @@ class MeresNode(LifecycleNode):
         segmenter = self._segmenter
         details = {"model": self._model_description}
         if segmenter is not None:
-            decision = decision_for(segmenter, self._settings.mask_threshold, self._settings.presence_threshold)
+            decision = self._settings.decision(segmenter)
             details.update({"device": str(segmenter.device), "precision": str(segmenter.dtype).removeprefix("torch."),
                             "mask_threshold": f"{decision.mask_threshold:g}",
-                            "presence_threshold": f"{decision.presence_threshold:g}"})
+                            "presence_threshold": f"{decision.presence_threshold:g}",
+                            "ambiguity_ratio": f"{decision.ambiguity_ratio:g}"})
         details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"
         details["results dropped for a newer sentence"] = str(self._stale_results)
         report = self._health.report(self._lifecycle_label(), details, self._frames.dropped)
@@ -646,6 +656,12 @@ class MeresNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(array)
+
+
+def region_of_interest(bbox: tuple[int, int, int, int]) -> RegionOfInterest:
+    """Inclusive (x_min, y_min, x_max, y_max) pixels -> sensor_msgs/RegionOfInterest."""
+    x0, y0, x1, y1 = bbox
+    return RegionOfInterest(x_offset=x0, y_offset=y0, width=x1 - x0 + 1, height=y1 - y0 + 1)
 
 
 def _interrupt(signum, frame) -> None:

@@ -68,12 +68,10 @@ def load_segmenter(source: ModelSource) -> "Segmenter":
     return Segmenter.from_checkpoint(source.checkpoint, device=source.device, precision=source.precision)
 
 
-def decision_for(segmenter: "Segmenter", mask_threshold: Optional[float] = None,
-                 presence_threshold: Optional[float] = None) -> "Decision":
-    """The model's own decision with the given thresholds in place of its own (None: keep the model's)."""
-    overrides = {name: value for name, value in (("mask_threshold", mask_threshold),
-                                                 ("presence_threshold", presence_threshold)) if value is not None}
-    return dataclasses.replace(segmenter.decision, **overrides)
+def decision_for(segmenter: "Segmenter", **settings: Optional[float]) -> "Decision":
+    """The model's own decision with the given settings (mask_threshold=..., ambiguity_ratio=...) in
+    place of its own; a None value keeps the model's."""
+    return dataclasses.replace(segmenter.decision, **{k: v for k, v in settings.items() if v is not None})
 
 
 def release_memory() -> None:
@@ -125,6 +123,15 @@ class Target:
     @property
     def pixel_centroid(self) -> Optional[tuple[float, float]]:
         return self.segmentation.centroid if self.found else None
+
+    @property
+    def ambiguous(self) -> bool:
+        return self.segmentation.ambiguous
+
+    @property
+    def candidates(self) -> list:
+        """meres_core.inference.Candidate per separated part of comparable mass, most probable first."""
+        return self.segmentation.candidates
 
 
 @dataclass
@@ -220,6 +227,8 @@ def target_to_dict(target: Target) -> dict:
         "score": round(target.score, 4),
         "bbox": list(target.bbox) if target.bbox is not None else None,
         "centroid_px": [round(c, 2) for c in target.pixel_centroid] if target.pixel_centroid is not None else None,
+        "ambiguous": target.ambiguous,
+        "candidates": [c.summary() for c in target.candidates],
         "depth_m": _finite_or_none(target.depth_m),
         "centroid_3d_m": [round(c, 4) for c in target.point_3d] if target.point_3d is not None else None,
         "timings_ms": {k: round(float(v), 2) for k, v in target.segmentation.timings_ms.items()},

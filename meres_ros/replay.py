@@ -164,7 +164,7 @@ def run(args) -> int:
                          precision=args.precision)
     print(f"loading {source.describe()}")
     segmenter = load_segmenter(source)
-    decision = decision_for(segmenter, args.mask_threshold, args.presence_threshold)
+    decision = decision_for(segmenter, mask_threshold=args.mask_threshold, presence_threshold=args.presence_threshold)
     depth_settings = DepthSettings(scale=args.depth_scale, depth_range=DepthRange(args.depth_min, args.depth_max))
     records = []
     started = time.perf_counter()

@@ -8,6 +8,10 @@ The node and the model are the real ones; the environment asks for one of these 
                               the calls after the list run normally
   MERES_TEST_GATE=<folder>    the model's call N writes N to <folder>/started and waits until
                               <folder>/released holds a number >= N (a frame held in flight)
+  MERES_TEST_RED_ORACLE=1     the model runs, then its probability map is replaced by 0.9 where the image
+                              is red and 0 elsewhere: a model that knows "the red disc", so that a scene
+                              with two identical red discs fits the sentence twice (everything after the
+                              probability map, Segmenter.decide included, is the real code)
 """
 import os
 import sys
@@ -65,11 +69,31 @@ def gate(folder: Path) -> None:
     Segmenter.segment = segment
 
 
+def red_oracle() -> None:
+    from dataclasses import replace
+
+    import numpy as np
+
+    from meres_core.inference import Segmenter
+
+    real = Segmenter.segment
+
+    def segment(self, image, expressions, decision=None):
+        results = real(self, image, expressions, decision)
+        red = (image[..., 0] > 150) & (image[..., 1] < 100) & (image[..., 2] < 100)
+        probability = red.astype(np.float32) * np.float32(0.9)
+        return [replace(self.decide(r.expression, probability, decision), timings_ms=r.timings_ms) for r in results]
+
+    Segmenter.segment = segment
+
+
 if __name__ == "__main__":
     if os.environ.get("MERES_TEST_HUMBLE"):
         remove_post_set_callback()
     if os.environ.get("MERES_TEST_FAULTS"):
         inject_faults(os.environ["MERES_TEST_FAULTS"])
+    if os.environ.get("MERES_TEST_RED_ORACLE"):
+        red_oracle()
     if os.environ.get("MERES_TEST_GATE"):
         gate(Path(os.environ["MERES_TEST_GATE"]))
     from meres_ros.node import main

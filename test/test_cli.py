@@ -25,7 +25,7 @@ def test_prints_one_json_per_expression_and_writes_overlay(tmp_path, image_path)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["expression"] for r in rows] == ["the red circle", "blue square"]
-    assert all({"found", "score", "bbox", "centroid"} <= set(r) for r in rows)
+    assert all({"found", "score", "bbox", "centroid", "ambiguous", "candidates"} <= set(r) for r in rows)
     assert cv2.imread(str(out)).shape == (96, 128, 3)
 
 

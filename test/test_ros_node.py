@@ -574,3 +574,53 @@ def test_diagnostics_report_health(node):
     assert "no image" in warning.message
     client.request(scene_image())
     client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK)
+
+
+# Issue 10 --------------------------------------------------------------------------------------
+
+
+def two_identical_discs_scene() -> np.ndarray:
+    """Two identical red discs (centres (32, 48) and (96, 48), radius 14) and a small red square."""
+    import cv2
+
+    img = np.full((96, 128, 3), 30, np.uint8)
+    cv2.circle(img, (32, 48), 14, (220, 30, 30), -1)
+    cv2.circle(img, (96, 48), 14, (220, 30, 30), -1)
+    cv2.rectangle(img, (58, 80), (70, 92), (220, 30, 30), -1)  # 169 px: 0.27 of a disc's 621
+    return img
+
+
+def test_ambiguous_scene_is_answered_with_both_candidates(ros_context, checkpoint):
+    name = "meres_which"
+    with NodeProcess(node_parameters(checkpoint, image_reliability="reliable"), node_name=name,
+                     env={"MERES_TEST_RED_ORACLE": "1"}, program=HOOKS,
+                     remappings={"image": f"{name}/image"}) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image", image_qos=RELIABLE)
+        try:
+            assert client.wait_for_node(90), process.log()
+            client.set_expression("the red disc")
+            rgb = two_identical_discs_scene()
+            result = client.request(rgb).result
+            assert result.found and result.ambiguous, process.log()
+            assert len(result.candidates) == 2  # the square (0.27 of a disc's mass) is below ambiguity_ratio 0.5
+            by_u = sorted(result.candidates, key=lambda c: c.centroid_u)
+            assert [(c.centroid_u, c.centroid_v) for c in by_u] == [pytest.approx((32, 48)), pytest.approx((96, 48))]
+            assert [(c.bbox.x_offset, c.bbox.y_offset, c.bbox.width, c.bbox.height) for c in by_u] == \
+                [(18, 34, 29, 29), (82, 34, 29, 29)]
+            assert all(c.score == pytest.approx(0.9) for c in by_u)
+            first = result.candidates[0]  # the target is the first candidate
+            assert (result.centroid_u, result.centroid_v) == (first.centroid_u, first.centroid_v)
+            assert result.bbox == first.bbox
+            # A live ambiguity_ratio: at 0.2 the square is a candidate too; 0 is refused.
+            assert set_parameter(client, name, "ambiguity_ratio", 0.2).successful
+            assert len(client.request(rgb).result.candidates) == 3
+            assert not set_parameter(client, name, "ambiguity_ratio", 0.0).successful
+            # One disc: found, not ambiguous, one candidate.
+            one = rgb.copy()
+            one[:, 50:] = 30
+            single = client.request(one).result
+            assert single.found and not single.ambiguous and len(single.candidates) == 1
+            assert (single.candidates[0].centroid_u, single.candidates[0].centroid_v) == pytest.approx((32, 48))
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()

@@ -79,7 +79,8 @@ def test_shipped_yaml_names_every_declared_parameter():
     commented = set(re.findall(r"^\s*#\s*(\w+):", text, re.MULTILINE))
     unset = {name for name, (default, _) in PARAMETERS.items()
              if isinstance(default, Parameter.Type) and name != "expressions"}  # expressions: [] in the file
-    assert unset == {"mask_threshold", "presence_threshold"}, "only the decision thresholds default to the model's own"
+    assert unset == {"mask_threshold", "presence_threshold", "ambiguity_ratio"}, \
+        "only the decision settings default to the model's own"
     assert set(shipped) == set(PARAMETERS) - unset
     assert unset <= commented
 

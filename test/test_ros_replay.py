@@ -99,6 +99,7 @@ def test_bag_with_depth_gives_3d(tmp_path, storage):
         target = record["targets"][0]
         if target["found"]:
             u, v = target["centroid_px"]
+            assert target["candidates"][0]["centroid"] == [u, v] and isinstance(target["ambiguous"], bool)
             assert target["centroid_3d_m"] == pytest.approx([(u - 31.5) * 0.8 / 50, (v - 23.5) * 0.8 / 50, 0.8], abs=1e-3)
 
 
