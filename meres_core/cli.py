@@ -14,8 +14,7 @@ from pathlib import Path
 import cv2
 
 from .checkpoint import CheckpointError
-from .config import available_presets
-from .inference import Segmenter
+from .model_source import ModelSource, add_decision_arguments, add_model_arguments, decision_settings, with_settings
 from .visualize import draw_overlay
 
 USAGE_ERROR = 2
@@ -23,14 +22,11 @@ USAGE_ERROR = 2
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="meres-segment", description=__doc__.splitlines()[0])
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint file, or 'demo' for the shipped demo model")
-    source.add_argument("--preset", choices=available_presets(), help="build a preset with its initial weights")
     parser.add_argument("--image", required=True, help="input image (any format OpenCV reads)")
     parser.add_argument("--text", action="append", required=True, help="referring expression (repeatable)")
     parser.add_argument("--out", help="overlay PNG to write")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: from the config)")
-    parser.add_argument("--precision", default=None, choices=["auto", "fp16", "bf16", "fp32"])
+    add_model_arguments(parser)
+    add_decision_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -51,15 +47,12 @@ def main(argv=None) -> int:
     if bgr is None:
         return fail(f"cannot read image (unsupported or corrupt file): {args.image}")
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    options = dict(device=args.device, precision=args.precision)
     try:
-        if args.checkpoint:
-            segmenter = Segmenter.from_checkpoint(args.checkpoint, **options)
-        else:
-            segmenter = Segmenter.from_preset(args.preset, **options)
-    except (CheckpointError, ValueError, FileNotFoundError) as exc:
+        segmenter = ModelSource.from_args(args).load()
+        decision = with_settings(segmenter.decision, **decision_settings(args))
+    except (CheckpointError, ValueError, OSError) as exc:
         return fail(str(exc))
-    results = segmenter.segment(rgb, texts)
+    results = segmenter.segment(rgb, texts, decision)
     for result in results:
         print(json.dumps(result.summary()))
     if args.out:

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from meres_core.model_source import ModelSource, add_decision_arguments, add_model_arguments, decision_settings
+
 if TYPE_CHECKING:
     from meres_core.metrics import SegmentationMetrics
 
@@ -157,8 +159,8 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     scenes = out / "scenes"
-    prepare_scenes(scenes, args.scenes, args.seed)
-    queries, images = choose_queries(scenes, args.sentences, args.seed, set(args.kinds or ()))
+    prepare_scenes(scenes, args.scenes, args.scene_seed)
+    queries, images = choose_queries(scenes, args.sentences, args.scene_seed, set(args.kinds or ()))
     depths = {image_id: read_depth(scenes, image_id) for image_id in images}
     camera_info = camera_info_message(scenes)
 
@@ -167,11 +169,11 @@ def run(args) -> int:
                "FASTDDS_DEFAULT_PROFILES_FILE": os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE",
                                                                 str(config_file("fastdds_shm.xml")))}
     os.environ.update(ros_env)  # this process's own participant reads them at rclpy.init
-    model = {"preset": args.preset, "seed": 0} if args.preset else {"checkpoint": args.checkpoint}
-    parameters = {**model, "device": args.device, "max_rate": 0.0, "publish_debug": True}
+    source = ModelSource.from_args(args)
+    decision = {name: value for name, value in decision_settings(args).items() if value is not None}
+    parameters = {**source.as_parameters(), **decision, "max_rate": 0.0, "publish_debug": True}
     node = NodeProcess(parameters, params_files=[config_file("meres.yaml")], env=ros_env, log_path=out / "node.log")
-    print(f"starting meres_node ({', '.join(f'{k}={v}' for k, v in model.items())}, device={args.device}) "
-          f"on ROS domain {domain}, log: {node.log_path}")
+    print(f"starting meres_node with {source.describe()} on ROS domain {domain}, log: {node.log_path}")
     rclpy.init(domain_id=domain)
     node.start()
     client = MeresClient(with_debug_image=True)
@@ -266,18 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meres-demo", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (scenes, overlays, summary.json, node.log)")
-    parser.add_argument("--checkpoint", default="demo", help="checkpoint the node loads ('demo': the shipped one)")
-    parser.add_argument("--preset", default="", help="random weights of this preset instead (e.g. tiny: plumbing only)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--scenes", type=int, default=12, help="synthetic scenes to render")
     parser.add_argument("--sentences", type=int, default=36, help="sentences to ask, spread evenly over the kinds")
-    parser.add_argument("--seed", type=int, default=0, help="scene seed")
+    parser.add_argument("--scene-seed", type=int, default=0, help="seed of the scenes and of the sentences chosen")
     parser.add_argument("--kinds", nargs="+", help="only sentences of these kinds (attribute, spatial, ordinal, "
                         "size, category, absent)")
     parser.add_argument("--rate", type=float, default=5.0, help="Hz at which a frame is republished until answered")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for one answer")
     parser.add_argument("--startup-timeout", type=float, default=120.0, help="seconds for the node to load its model")
     parser.add_argument("--domain-id", type=int, help="ROS domain (default: a random one in 100-200)")
+    add_model_arguments(parser)
+    add_decision_arguments(parser)
     return parser
 
 

@@ -12,6 +12,9 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
+from meres_core.model_source import DEFAULT as DEFAULT_MODEL
+from meres_core.model_source import PRECISIONS
+
 NODE_NAME = "meres"
 
 # Inputs (relative names: remap them, or push the node into a camera namespace).
@@ -82,7 +85,6 @@ def result_message_types():
 # Parameters ---------------------------------------------------------------------------------
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 
 
 def _descriptor(description: str, *, read_only: bool = False, float_range: Optional[tuple[float, float]] = None,
@@ -101,12 +103,12 @@ def _descriptor(description: str, *, read_only: bool = False, float_range: Optio
 PARAMETERS = {
     "autostart": (True, _descriptor("Configure and activate at startup; false when a lifecycle manager drives the node.",
                                     read_only=True)),
-    "checkpoint": ("demo", _descriptor("Checkpoint file, or 'demo' for the bundled demo model. Read at configure.")),
-    "preset": ("", _descriptor("Preset name (e.g. 'tiny'): build that model with random weights instead of loading "
+    "checkpoint": (DEFAULT_MODEL.checkpoint, _descriptor("Checkpoint file, or 'demo' for the bundled demo model. Read at configure.")),
+    "preset": (DEFAULT_MODEL.preset, _descriptor("Preset name (e.g. 'tiny'): build that model with random weights instead of loading "
                                "`checkpoint` (tests, bring-up). Read at configure.")),
-    "seed": (0, _descriptor("Seed of the random weights of `preset`. Read at configure.")),
-    "device": ("auto", _descriptor("Inference device. Read at configure.", constraints="auto, cpu, cuda or cuda:N")),
-    "precision": ("auto", _descriptor("Inference precision; auto = fp16 on CUDA, fp32 on CPU. Read at configure.",
+    "seed": (DEFAULT_MODEL.seed, _descriptor("Seed of the random weights of `preset`. Read at configure.")),
+    "device": (DEFAULT_MODEL.device, _descriptor("Inference device. Read at configure.", constraints="auto, cpu, cuda or cuda:N")),
+    "precision": (DEFAULT_MODEL.precision, _descriptor("Inference precision; auto = fp16 on CUDA, fp32 on CPU. Read at configure.",
                                       constraints=", ".join(PRECISIONS))),
     "mask_threshold": (Parameter.Type.DOUBLE, _descriptor(
         "Probability above which a pixel belongs to the mask. Unset: the model's own "

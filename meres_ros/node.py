@@ -97,17 +97,15 @@ from meres_ros.pipeline import (
     DepthSettings,
     Frame,
     InputError,
-    ModelSource,
     Target,
-    decision_for,
     depth_and_camera,
     inference_ms,
-    load_segmenter,
     parse_expressions,
     release_memory,
     render_overlay,
     segment_frame,
 )
+from meres_core.model_source import ModelSource, with_settings
 from meres_ros.streams import LatchedCopies, LatestSlot, ProblemLog, StampBuffer, stamp_ns
 
 # The executor wakes at least this often (s), so a signal is handled promptly.
@@ -139,8 +137,8 @@ class LiveSettings:
 
     def decision(self, segmenter):
         """The model's decision with these settings where they are set."""
-        return decision_for(segmenter, mask_threshold=self.mask_threshold, presence_threshold=self.presence_threshold,
-                            ambiguity_ratio=self.ambiguity_ratio)
+        return with_settings(segmenter.decision, mask_threshold=self.mask_threshold,
+                             presence_threshold=self.presence_threshold, ambiguity_ratio=self.ambiguity_ratio)
 
 
 @dataclass(frozen=True)
@@ -218,16 +216,10 @@ class MeresNode(LifecycleNode):
 
     @logged_transition
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        source = ModelSource(
-            checkpoint=self.get_parameter("checkpoint").value,
-            preset=self.get_parameter("preset").value,
-            seed=self.get_parameter("seed").value,
-            device=self.get_parameter("device").value,
-            precision=self.get_parameter("precision").value,
-        )
+        source = ModelSource(**{name: self.get_parameter(name).value for name in ModelSource.__dataclass_fields__})
         self.get_logger().info(f"loading {source.describe()}")
         try:
-            self._segmenter = load_segmenter(source)
+            self._segmenter = source.load()
         except Exception as error:  # CheckpointError, ValueError (device), OSError, ...: stay unconfigured
             self.get_logger().error(f"configure failed, cannot load {source.describe()}: {type(error).__name__}: {error}")
             self._segmenter = None

@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import math
 import sys
-import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -42,36 +41,6 @@ def parse_expressions(text: str, max_expressions: int = 8) -> list[str]:
     if len(expressions) > max_expressions:
         raise ValueError(f"{len(expressions)} expressions in one message, at most {max_expressions} (parameter max_expressions)")
     return expressions
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from: a checkpoint (path or name such as 'demo'), or a preset with random weights."""
-
-    checkpoint: str = "demo"
-    preset: str = ""  # when set: random weights of this preset (tests, bring-up), `checkpoint` ignored
-    seed: int = 0  # seeds the random weights of `preset`, so two processes build the same model
-    device: str = "auto"
-    precision: str = "auto"
-
-    def describe(self) -> str:
-        origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
-        return f"{origin} on device={self.device} precision={self.precision}"
-
-
-def load_segmenter(source: ModelSource) -> "Segmenter":
-    """The model; its own decision thresholds stay as its config says (callers pass others per call)."""
-    from meres_core.inference import Segmenter
-
-    if source.preset:
-        return Segmenter.from_preset(source.preset, seed=source.seed, device=source.device, precision=source.precision)
-    return Segmenter.from_checkpoint(source.checkpoint, device=source.device, precision=source.precision)
-
-
-def decision_for(segmenter: "Segmenter", **settings: Optional[float]) -> "Decision":
-    """The model's own decision with the given settings (mask_threshold=..., ambiguity_ratio=...) in
-    place of its own; a None value keeps the model's."""
-    return dataclasses.replace(segmenter.decision, **{k: v for k, v in settings.items() if v is not None})
 
 
 def release_memory() -> None:

@@ -25,16 +25,20 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
+from meres_core.model_source import (
+    ModelSource,
+    add_decision_arguments,
+    add_model_arguments,
+    decision_settings,
+    with_settings,
+)
 from meres_ros.conversions import image_to_rgb
 from meres_ros.geometry import DepthRange
 from meres_ros.pipeline import (
     DepthSettings,
     Frame,
     InputError,
-    ModelSource,
-    decision_for,
     depth_and_camera,
-    load_segmenter,
     parse_expressions,
     render_overlay,
     segment_frame,
@@ -160,11 +164,10 @@ def run(args) -> int:
     out = Path(args.out)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "overlays").mkdir(exist_ok=True)
-    source = ModelSource(checkpoint=args.checkpoint, preset=args.preset, seed=args.seed, device=args.device,
-                         precision=args.precision)
+    source = ModelSource.from_args(args)
     print(f"loading {source.describe()}")
-    segmenter = load_segmenter(source)
-    decision = decision_for(segmenter, mask_threshold=args.mask_threshold, presence_threshold=args.presence_threshold)
+    segmenter = source.load()
+    decision = with_settings(segmenter.decision, **decision_settings(args))
     depth_settings = DepthSettings(scale=args.depth_scale, depth_range=DepthRange(args.depth_min, args.depth_max))
     records = []
     started = time.perf_counter()
@@ -195,15 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-e", "--expression", action="append", required=True,
                         help="referring expression; repeat (or 'a; b') for several, segmented in one batch")
     parser.add_argument("--out", default="out/replay", help="output folder")
-    parser.add_argument("--checkpoint", default="demo", help="checkpoint file, or 'demo'")
-    parser.add_argument("--preset", default="", help="random weights of this preset instead of --checkpoint")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --preset's random weights")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp16", "bf16", "fp32"])
-    parser.add_argument("--mask-threshold", type=float, help="default: the model's own (its inference config)")
-    parser.add_argument("--presence-threshold", type=float, help="default: the model's own (its inference config)")
     parser.add_argument("--every", type=int, default=1, help="segment every N-th frame")
     parser.add_argument("--max-frames", type=int, default=0, help="stop after N input frames (0: all)")
+    add_model_arguments(parser)
+    add_decision_arguments(parser)
     bag = parser.add_argument_group("ROS 2 bags")
     bag.add_argument("--topic", help="color sensor_msgs/Image topic (default: the first Image topic)")
     bag.add_argument("--depth-topic", help="registered depth topic, for 3D centroids")

@@ -29,12 +29,15 @@ def test_prints_one_json_per_expression_and_writes_overlay(tmp_path, image_path)
     assert cv2.imread(str(out)).shape == (96, 128, 3)
 
 
-@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "empty_text", "bad_checkpoint"])
+@pytest.mark.parametrize("case", ["missing_image", "unreadable_image", "empty_text", "bad_checkpoint",
+                                  "bad_ambiguity_ratio"])
 def test_bad_input_exits_2_with_a_message(tmp_path, image_path, case):
     args = {"missing_image": ["--preset", "tiny", "--image", str(tmp_path / "nope.png"), "--text", "a"],
             "unreadable_image": ["--preset", "tiny", "--image", str(tmp_path / "bad.png"), "--text", "a"],
             "empty_text": ["--preset", "tiny", "--image", str(image_path), "--text", "  "],
-            "bad_checkpoint": ["--checkpoint", str(image_path), "--image", str(image_path), "--text", "a"]}[case]
+            "bad_checkpoint": ["--checkpoint", str(image_path), "--image", str(image_path), "--text", "a"],
+            "bad_ambiguity_ratio": ["--preset", "tiny", "--image", str(image_path), "--text", "a",
+                                    "--ambiguity-ratio", "0"]}[case]
     (tmp_path / "bad.png").write_bytes(b"not a png")
     proc = run(*args)
     assert proc.returncode == 2

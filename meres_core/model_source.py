@@ -1,0 +1,104 @@
+"""Where the model comes from and how it decides: one definition for every command and the node.
+
+`meres-segment`, `meres-replay` and `meres-demo` declare the same options with the same
+defaults (`add_model_arguments`, `add_decision_arguments`), and `meres_node`'s parameters
+of the same names default to the same values (meres_ros/interface.py reads them from here):
+
+    --checkpoint PATH|demo    default: demo, the shipped demo model
+    --preset NAME             random (or pretrained-backbone) weights of a preset instead
+    --seed N                  seeds those weights, so two processes build the same model
+    --device auto|cpu|cuda[:N]
+    --precision auto|fp16|bf16|fp32
+    --mask-threshold / --presence-threshold / --ambiguity-ratio
+                              default: the model's own (the inference section of its config)
+
+Imports no torch until a model is loaded, so the node can declare its parameters first.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
+
+from .config import available_presets
+
+if TYPE_CHECKING:
+    from .inference import Decision, Segmenter
+
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")
+DECISION_SETTINGS = ("mask_threshold", "presence_threshold", "ambiguity_ratio")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checkpoint (path or 'demo'), or a preset with its initial weights; the device and precision to run on."""
+
+    checkpoint: str = "demo"
+    preset: str = ""  # when set: this preset's initial weights (tests, bring-up), `checkpoint` ignored
+    seed: int = 0  # seeds the initial weights of `preset`
+    device: str = "auto"
+    precision: str = "auto"
+
+    def describe(self) -> str:
+        origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
+        return f"{origin} on device={self.device} precision={self.precision}"
+
+    def load(self) -> "Segmenter":
+        """The model, with its own decision settings (callers pass others per call).
+        Raises CheckpointError, ValueError (unknown preset or device), OSError."""
+        from .inference import Segmenter
+
+        if self.preset:
+            return Segmenter.from_preset(self.preset, seed=self.seed, device=self.device, precision=self.precision)
+        return Segmenter.from_checkpoint(self.checkpoint, device=self.device, precision=self.precision)
+
+    def as_parameters(self) -> dict:
+        """The same source as meres_node parameters."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ModelSource":
+        return cls(checkpoint=args.checkpoint, preset=args.preset, seed=args.seed, device=args.device,
+                   precision=args.precision)
+
+
+DEFAULT = ModelSource()
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", default=DEFAULT.checkpoint,
+                        help=f"checkpoint file, or 'demo' for the shipped demo model (default: {DEFAULT.checkpoint})")
+    source.add_argument("--preset", default=DEFAULT.preset, choices=["", *available_presets()], metavar="PRESET",
+                        help=f"build this preset with its initial weights instead ({', '.join(available_presets())})")
+    group.add_argument("--seed", type=int, default=DEFAULT.seed,
+                       help=f"seed of --preset's initial weights (default: {DEFAULT.seed})")
+    group.add_argument("--device", default=DEFAULT.device, help=f"auto, cpu, cuda or cuda:N (default: {DEFAULT.device})")
+    group.add_argument("--precision", default=DEFAULT.precision, choices=PRECISIONS,
+                       help=f"auto: fp16 on CUDA, fp32 on CPU (default: {DEFAULT.precision})")
+
+
+def add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("decision (default: the model's own, from the inference section of its config)")
+    group.add_argument("--mask-threshold", type=float, help="a pixel belongs to the mask above this probability")
+    group.add_argument("--presence-threshold", type=float, help="the target is found at or above this presence score")
+    group.add_argument("--ambiguity-ratio", type=float,
+                       help="ambiguous when a second separated part holds this fraction of the first's mass")
+
+
+def decision_settings(args: argparse.Namespace) -> dict[str, Optional[float]]:
+    """The decision settings given on the command line (None: the model's own)."""
+    return {name: getattr(args, name) for name in DECISION_SETTINGS}
+
+
+def with_settings(decision: "Decision", **settings: Optional[float]) -> "Decision":
+    """`decision` with the given settings in place of its own; a None value keeps its own.
+    Raises ValueError for a value outside its range."""
+    given = {name: value for name, value in settings.items() if value is not None}
+    for name, value in given.items():
+        low_open = name == "ambiguity_ratio"  # at 0 every speck of a mask would be a candidate
+        if not ((0.0 < value) if low_open else (0.0 <= value)) or value > 1.0:
+            raise ValueError(f"{name} must be in {'(0' if low_open else '[0'}, 1], got {value}")
+    return dataclasses.replace(decision, **given)

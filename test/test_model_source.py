@@ -1,0 +1,43 @@
+"""One model-source command line: meres-segment, meres-replay, meres-demo and the node agree."""
+import pytest
+
+from meres_core.cli import parse_args as segment_args
+from meres_core.inference import Decision
+from meres_core.model_source import DEFAULT, ModelSource, decision_settings, with_settings
+from meres_ros.demo import build_parser as demo_parser
+from meres_ros.interface import PARAMETERS
+from meres_ros.replay import build_parser as replay_parser
+
+REQUIRED = {
+    "meres-segment": (segment_args, ["--image", "x.png", "--text", "a"]),
+    "meres-replay": (lambda argv: replay_parser().parse_args(argv), ["input", "-e", "a"]),
+    "meres-demo": (lambda argv: demo_parser().parse_args(argv), []),
+}
+
+
+@pytest.mark.parametrize("command", REQUIRED)
+def test_every_command_has_the_same_model_options_and_defaults(command):
+    parse, required = REQUIRED[command]
+    args = parse(required)
+    assert ModelSource.from_args(args) == DEFAULT == ModelSource(checkpoint="demo", device="auto", precision="auto")
+    assert decision_settings(args) == {"mask_threshold": None, "presence_threshold": None, "ambiguity_ratio": None}
+    given = parse([*required, "--preset", "tiny", "--seed", "3", "--device", "cpu", "--precision", "fp32",
+                   "--ambiguity-ratio", "0.3"])
+    assert ModelSource.from_args(given) == ModelSource(preset="tiny", seed=3, device="cpu", precision="fp32")
+    assert decision_settings(given)["ambiguity_ratio"] == 0.3
+    with pytest.raises(SystemExit):  # one source or the other
+        parse([*required, "--checkpoint", "a.pt", "--preset", "tiny"])
+    with pytest.raises(SystemExit):
+        parse([*required, "--preset", "no_such_preset"])
+
+
+def test_node_parameters_default_to_the_same_source():
+    assert {name: PARAMETERS[name][0] for name in DEFAULT.as_parameters()} == DEFAULT.as_parameters()
+
+
+def test_decision_settings_replace_only_what_is_given_and_are_checked():
+    model = Decision(0.5, 0.5, 0.5)
+    assert with_settings(model, mask_threshold=None, ambiguity_ratio=0.25) == Decision(0.5, 0.5, 0.25)
+    for bad in ({"ambiguity_ratio": 0.0}, {"mask_threshold": 1.5}, {"presence_threshold": -0.1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            with_settings(model, **bad)
