@@ -79,24 +79,35 @@ class PinholeCamera:
         if self.width and self.height and (self.width, self.height) != (width, height):
             raise ValueError(f"CameraInfo is for {self.width}x{self.height} images, the image is {width}x{height}")
 
-    def normalized(self, u: float, v: float) -> tuple[float, float]:
-        """Pixel (u, v) -> the ray (x / z, y / z) through it, lens distortion undone."""
+    def rays(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """Pixels (u, v) (arrays of N) -> (N, 2) rays (x / z, y / z) through them, lens distortion undone."""
+        u, v = np.asarray(u, np.float64).ravel(), np.asarray(v, np.float64).ravel()
         if not self.distortion:
-            return (u - self.cx) / self.fx, (v - self.cy) / self.fy
+            return np.stack([(u - self.cx) / self.fx, (v - self.cy) / self.fy], axis=1)
         k = np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
         # OpenCV inverts the distortion iteratively; iterate to convergence, not its default 5 steps.
         # (OpenCV 4 names the call with criteria undistortPointsIter; OpenCV 5 folded it into undistortPoints.)
         criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
         undistort = getattr(cv2, "undistortPointsIter", cv2.undistortPoints)
         identity = np.eye(3)  # R: no rectification; P: output normalized coordinates
-        ray = undistort(np.array([[[u, v]]], np.float64), k, np.array(self.distortion), R=identity, P=identity,
-                        criteria=criteria)
-        return float(ray[0, 0, 0]), float(ray[0, 0, 1])
+        rays = undistort(np.stack([u, v], axis=1)[:, None, :], k, np.array(self.distortion), R=identity, P=identity,
+                         criteria=criteria)
+        return rays[:, 0, :]
+
+    def normalized(self, u: float, v: float) -> tuple[float, float]:
+        """Pixel (u, v) -> the ray (x / z, y / z) through it, lens distortion undone."""
+        x, y = self.rays(np.array([u]), np.array([v]))[0]
+        return float(x), float(y)
 
     def deproject(self, u: float, v: float, depth_m: float) -> tuple[float, float, float]:
         """Pixel (u, v) at depth z (m, along the optical axis) -> (x, y, z) in the optical frame (REP 103: x right, y down, z forward)."""
         x, y = self.normalized(u, v)
         return (x * depth_m, y * depth_m, depth_m)
+
+    def deproject_pixels(self, u: np.ndarray, v: np.ndarray, depth_m: np.ndarray) -> np.ndarray:
+        """Pixels (u, v) at depths z (arrays of N) -> (N, 3) points (x, y, z) in the optical frame."""
+        depth_m = np.asarray(depth_m, np.float64).ravel()
+        return np.column_stack([self.rays(u, v) * depth_m[:, None], depth_m])
 
 
 def depth_to_meters(depth: np.ndarray, depth_scale: float) -> np.ndarray:
@@ -113,14 +124,15 @@ def depth_to_meters(depth: np.ndarray, depth_scale: float) -> np.ndarray:
     return meters
 
 
-def robust_depth(depth_m: np.ndarray, mask: np.ndarray, depth_range: DepthRange = DepthRange(),
-                 erosion_px: int = 2, min_valid_pixels: int = 5) -> Optional[float]:
-    """Median depth (m) of the valid pixels in `mask`, None when fewer than `min_valid_pixels` are valid."""
+def depth_samples(depth_m: np.ndarray, mask: np.ndarray, depth_range: DepthRange = DepthRange(),
+                  erosion_px: int = 2, min_valid_pixels: int = 5) -> Optional[np.ndarray]:
+    """The valid depths (m) inside `mask` eroded by `erosion_px` (the whole mask when too few survive
+    erosion); None when fewer than `min_valid_pixels` are valid either way."""
     if depth_m.shape != mask.shape:
         raise ValueError(f"depth {depth_m.shape[1]}x{depth_m.shape[0]} does not match mask {mask.shape[1]}x{mask.shape[0]} "
                          "(depth must be registered to the color image)")
     mask = mask.astype(bool)
-    valid = np.isfinite(depth_m) & (depth_m >= depth_range.min_m) & (depth_m <= depth_range.max_m)
+    valid = valid_depth(depth_m, depth_range)
     candidates = []
     if erosion_px > 0:
         kernel = np.ones((2 * erosion_px + 1, 2 * erosion_px + 1), np.uint8)
@@ -129,5 +141,58 @@ def robust_depth(depth_m: np.ndarray, mask: np.ndarray, depth_range: DepthRange 
     for region in candidates:
         values = depth_m[region & valid]
         if values.size >= min_valid_pixels:
-            return float(np.median(values))
+            return values
     return None
+
+
+def valid_depth(depth_m: np.ndarray, depth_range: DepthRange) -> np.ndarray:
+    return np.isfinite(depth_m) & (depth_m >= depth_range.min_m) & (depth_m <= depth_range.max_m)
+
+
+def robust_depth(depth_m: np.ndarray, mask: np.ndarray, depth_range: DepthRange = DepthRange(),
+                 erosion_px: int = 2, min_valid_pixels: int = 5) -> Optional[float]:
+    """Median depth (m) of the valid pixels in `mask`, None when fewer than `min_valid_pixels` are valid."""
+    values = depth_samples(depth_m, mask, depth_range, erosion_px, min_valid_pixels)
+    return None if values is None else float(np.median(values))
+
+
+# The extent of a part spans these percentiles of its points along each axis: a few stray depth
+# pixels (mixed edges, a background pixel inside the mask) cannot stretch it.
+EXTENT_PERCENTILES = (5.0, 95.0)
+
+
+def surface_extent(depth_m: np.ndarray, mask: np.ndarray, camera: PinholeCamera,
+                   depth_range: DepthRange = DepthRange(), min_valid_pixels: int = 5) -> Optional[tuple[float, float, float]]:
+    """Size (m) along x, y, z of the optical frame of the visible surface under `mask`.
+
+    Every valid depth pixel of the mask is deprojected; each axis' extent is the span between
+    the EXTENT_PERCENTILES of the points' coordinates: 90% of the points, so slightly under the
+    full size of an evenly covered object, and not the object's hidden back. None when fewer
+    than `min_valid_pixels` pixels have a valid depth.
+    """
+    v, u = np.nonzero(mask.astype(bool) & valid_depth(depth_m, depth_range))
+    if u.size < min_valid_pixels:
+        return None
+    points = camera.deproject_pixels(u, v, depth_m[v, u])
+    low, high = np.percentile(points, EXTENT_PERCENTILES, axis=0)
+    return tuple(float(x) for x in high - low)
+
+
+def principal_axis(mask: np.ndarray) -> tuple[float, float]:
+    """Direction of a mask's greatest spread, from its second moments: (angle, ratio).
+
+    angle: radians from +u towards +v (image axes, v down), in (-pi/2, pi/2]; a parallel
+    gripper closes across it. ratio: sqrt(minor / major second moment) in [0, 1]: 0 for a
+    line, 1 for a disc or a square, where the angle says nothing (it is 0 then).
+    """
+    moments = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    if moments["m00"] == 0:
+        raise ValueError("principal_axis of an empty mask")
+    mu20, mu02, mu11 = moments["mu20"], moments["mu02"], moments["mu11"]
+    angle = 0.5 * math.atan2(2.0 * mu11, mu20 - mu02)
+    if angle <= -math.pi / 2 + 1e-9:  # the same axis as +pi/2 (rounding in mu11 can land on either)
+        angle += math.pi
+    half_difference = math.hypot((mu20 - mu02) / 2.0, mu11)
+    major, minor = (mu20 + mu02) / 2.0 + half_difference, (mu20 + mu02) / 2.0 - half_difference
+    ratio = math.sqrt(max(minor, 0.0) / major) if major > 0 else 1.0
+    return angle, ratio

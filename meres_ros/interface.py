@@ -14,6 +14,7 @@ from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReli
 
 from meres_core.model_source import DEFAULT as DEFAULT_MODEL
 from meres_core.model_source import PRECISIONS
+from meres_ros.pipeline import MASK_MODES
 
 NODE_NAME = "meres"
 
@@ -126,6 +127,9 @@ PARAMETERS = {
                                        int_range=(1, 64))),
     "max_rate": (10.0, _descriptor("Most frames segmented per second; 0 = as fast as the model runs.",
                                    float_range=(0.0, 1000.0))),
+    "mask_mode": ("full", _descriptor("The mask in ~/result and ~/results: full (the image's size), cropped (to the "
+                                      "bbox, with its offset in the message) or none; ~/mask stays full.",
+                                      constraints=", ".join(MASK_MODES))),
     "publish_debug": (True, _descriptor("Render ~/debug_image (only while it has subscribers).")),
     "use_depth": (True, _descriptor("Use depth + camera_info for a 3D centroid on ~/centroid.")),
     "depth_scale": (0.001, _descriptor("Metres per unit of an integer (16UC1 / mono16) depth image; 0.001 for mm.",
@@ -155,7 +159,7 @@ PARAMETERS = {
 
 # Applied to the running node at once; the others are read at configure / activate.
 LIVE_PARAMETERS = {
-    "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "publish_debug",
+    "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "mask_mode", "publish_debug",
     "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "sync_tolerance", "sync_wait",
     "rectified", "max_consecutive_failures", "image_timeout", "problem_log_period",
 }
@@ -174,6 +178,8 @@ def parameter_problem(name: str, value, current: dict) -> Optional[str]:
         return f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
     if name == "ambiguity_ratio" and value is not None and not value > 0.0:
         return "ambiguity_ratio must be above 0 (at 0 every speck of the mask would be a candidate)"
+    if name == "mask_mode" and value not in MASK_MODES:
+        return f"mask_mode must be one of {', '.join(MASK_MODES)}, got {value!r}"
     if name == "image_reliability" and value not in RELIABILITIES:
         return f"image_reliability must be one of {', '.join(RELIABILITIES)}, got {value!r}"
     if name in ("depth_min", "depth_max"):

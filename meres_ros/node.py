@@ -11,7 +11,8 @@ Outputs (header = the input image's header)
   ~/mask         sensor_msgs/Image mono8, 0 / 255: the first expression's mask (all 0 when absent)
   ~/centroid     geometry_msgs/PointStamped, metres in the image's optical frame: the first expression's
                  grasp point, published only when depth and CameraInfo gave one (never pixels)
-  ~/result       meres_ros_interfaces/ReferringSegmentation of the first expression (pixel centroid: centroid_u/v)
+  ~/result       meres_ros_interfaces/ReferringSegmentation of the first expression (pixel centroid: centroid_u/v;
+                 request_id, "which one?" candidates, 3D extent and depth spread, principal axis; mask per mask_mode)
   ~/results      meres_ros_interfaces/ReferringSegmentationArray, one entry per expression
   ~/expression   std_msgs/String, latched: the expressions in use ("a; b"), republished on change
   ~/debug_image  sensor_msgs/Image rgb8 overlay, rendered only while someone subscribes
@@ -100,6 +101,7 @@ from meres_ros.pipeline import (
     Target,
     depth_and_camera,
     inference_ms,
+    mask_window,
     parse_expressions,
     release_memory,
     render_overlay,
@@ -134,6 +136,7 @@ class LiveSettings:
     mask_threshold: Optional[float]  # None: the model's own
     presence_threshold: Optional[float]
     ambiguity_ratio: Optional[float]
+    mask_mode: str  # pipeline.MASK_MODES: what each result message carries as its mask
 
     def decision(self, segmenter):
         """The model's decision with these settings where they are set."""
@@ -143,10 +146,10 @@ class LiveSettings:
 
 @dataclass(frozen=True)
 class Expressions:
-    """The sentences being segmented; a new object (new `generation`) for each change."""
+    """The sentences being segmented; a new object, with the next `request_id`, for each sentence taken."""
 
     texts: tuple[str, ...] = ()
-    generation: int = 0
+    request_id: int = 0  # ReferringSegmentation.request_id of the results for these sentences
 
 
 def logged_transition(callback):
@@ -392,6 +395,7 @@ class MeresNode(LifecycleNode):
             mask_threshold=value("mask_threshold"),
             presence_threshold=value("presence_threshold"),
             ambiguity_ratio=value("ambiguity_ratio"),
+            mask_mode=value("mask_mode"),
         )
 
     # Expressions -------------------------------------------------------------------------
@@ -434,10 +438,13 @@ class MeresNode(LifecycleNode):
         self._set_expressions(expressions, origin)
 
     def _set_expressions(self, expressions: list[str], origin: str) -> None:
+        """A sentence taken: a new request, even with the text of the current one (asked again, answered
+        again: results computed before it are not published with its request id)."""
         with self._expressions_lock:
-            if tuple(expressions) == self._expressions.texts:
-                return
-            self._expressions = Expressions(tuple(expressions), self._expressions.generation + 1)
+            repeated = tuple(expressions) == self._expressions.texts
+            self._expressions = Expressions(tuple(expressions), self._expressions.request_id + 1)
+        if repeated:
+            return
         shown = "; ".join(expressions)
         self.get_logger().info(f"expressions from {origin}: {shown[:200]!r}" if expressions else f"target cleared by {origin}")
         if "expression" in self._outputs:
@@ -580,11 +587,12 @@ class MeresNode(LifecycleNode):
         if primary.point_3d is not None:
             centroid = PointStamped(header=header)
             centroid.point.x, centroid.point.y, centroid.point.z = primary.point_3d
-        masks = [numpy_to_image(t.mask.astype(np.uint8) * 255, "mono8", header) for t in targets]
+        mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header)
         results = None
         if self._result_types is not None:
             elapsed = inference_ms(targets)
-            results = [self._result_message(header, t, m, elapsed) for t, m in zip(targets, masks)]
+            results = [self._result_message(header, t, expressions.request_id, settings.mask_mode, elapsed)
+                       for t in targets]
         debug = self._outputs.get("debug_image")
         overlay = None
         if settings.publish_debug and debug is not None and debug.get_subscription_count() > 0:
@@ -600,19 +608,26 @@ class MeresNode(LifecycleNode):
                 self._outputs["results"].publish(self._result_types[1](header=header, results=results))
             if overlay is not None:
                 debug.publish(overlay)
-            self._outputs["mask"].publish(masks[0])
+            self._outputs["mask"].publish(mask)
         self._health.published(time.monotonic() - received_at)
 
-    def _result_message(self, header, target: Target, mask: Image, elapsed_ms: float):
-        result = self._result_types[0](header=header, expression=target.expression, found=target.found,
-                                       score=float(target.score), mask=mask, inference_time_ms=float(elapsed_ms))
+    def _result_message(self, header, target: Target, request_id: int, mask_mode: str, elapsed_ms: float):
+        mask, offset_x, offset_y = mask_window(target, mask_mode)
+        result = self._result_types[0](header=header, expression=target.expression, request_id=request_id,
+                                       found=target.found, score=float(target.score),
+                                       mask=numpy_to_image(mask, "mono8", header), mask_offset_x=offset_x,
+                                       mask_offset_y=offset_y, inference_time_ms=float(elapsed_ms))
         if target.bbox is not None:
             result.bbox = region_of_interest(target.bbox)
         result.centroid_u, result.centroid_v = target.pixel_centroid or (math.nan, math.nan)
         result.ambiguous = target.ambiguous
         result.candidates = [self._result_types[2](score=c.score, bbox=region_of_interest(c.bbox), centroid_u=c.centroid[0],
                                                    centroid_v=c.centroid[1]) for c in target.candidates]
+        result.axis_angle, result.axis_ratio = (target.axis_angle, target.axis_ratio) if target.found else (math.nan,) * 2
         result.depth = float(target.depth_m) if target.depth_m is not None else math.nan
+        result.depth_std = float(target.depth_std_m) if target.depth_std_m is not None else math.nan
+        result.depth_pixel_count = target.depth_pixel_count
+        result.extent.x, result.extent.y, result.extent.z = target.extent_m or (math.nan,) * 3
         if target.point_3d is not None:
             result.centroid_3d_valid = True
             result.centroid_3d.x, result.centroid_3d.y, result.centroid_3d.z = target.point_3d

@@ -15,7 +15,14 @@ import numpy as np
 
 from meres_core.visualize import draw_overlay
 from meres_ros.conversions import image_to_depth
-from meres_ros.geometry import DepthRange, PinholeCamera, depth_to_meters, robust_depth
+from meres_ros.geometry import (
+    DepthRange,
+    PinholeCamera,
+    depth_samples,
+    depth_to_meters,
+    principal_axis,
+    surface_extent,
+)
 
 if TYPE_CHECKING:  # meres_core pulls in torch: imported when a model is loaded, not before
     from meres_core.inference import Decision, SegmentationResult, Segmenter
@@ -63,8 +70,14 @@ class Target:
     """One expression on one frame: the model's answer plus where it is in 3D."""
 
     segmentation: "SegmentationResult"
+    # Of the target part (segmentation.part), for a grasp planner; None / 0 where unknown.
+    axis_angle: Optional[float] = None  # radians in the image, geometry.principal_axis
+    axis_ratio: Optional[float] = None  # minor / major spread; near 1 the angle says little
     depth_m: Optional[float] = None  # robust object depth; None: no valid depth or camera
     point_3d: Optional[tuple[float, float, float]] = None  # metres, camera optical frame
+    extent_m: Optional[tuple[float, float, float]] = None  # visible surface's size along x, y, z (m)
+    depth_std_m: Optional[float] = None  # spread of the depths depth_m is the median of
+    depth_pixel_count: int = 0  # how many there were
 
     @property
     def expression(self) -> str:
@@ -160,18 +173,41 @@ def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[st
             raise ModelOutputError(f"non-finite model output for {result.expression[:40]!r} "
                                    f"({int((~np.isfinite(result.probability)).sum())} NaN / inf pixels)")
     targets = [Target(result) for result in results]
-    if frame.depth_m is None or frame.camera is None:
-        return targets
     for target in targets:
         centroid = target.pixel_centroid
         if centroid is None:
             continue
+        part = target.segmentation.part
+        target.axis_angle, target.axis_ratio = principal_axis(part)
+        if frame.depth_m is None or frame.camera is None:
+            continue
         # Depth of the same connected part the centroid comes from, not of the whole mask.
-        target.depth_m = robust_depth(frame.depth_m, target.segmentation.part, depth_settings.depth_range,
-                                      depth_settings.erosion_px)
-        if target.depth_m is not None:
-            target.point_3d = frame.camera.deproject(centroid[0], centroid[1], target.depth_m)
+        depths = depth_samples(frame.depth_m, part, depth_settings.depth_range, depth_settings.erosion_px)
+        if depths is None:
+            continue
+        target.depth_m = float(np.median(depths))
+        target.depth_std_m, target.depth_pixel_count = float(np.std(depths)), int(depths.size)
+        target.point_3d = frame.camera.deproject(centroid[0], centroid[1], target.depth_m)
+        target.extent_m = surface_extent(frame.depth_m, part, frame.camera, depth_settings.depth_range)
     return targets
+
+
+# What a result message carries as its mask: the whole image's, the bbox's window of it, or none.
+MASK_MODES = ("full", "cropped", "none")
+
+
+def mask_window(target: Target, mode: str) -> tuple[np.ndarray, int, int]:
+    """The mask a result carries under `mode` (MASK_MODES): uint8 0 / 255, and the input-image pixel
+    of its top-left corner. "cropped" keeps the bbox's window (of the whole mask: another part that
+    reaches into the box stays in it); absent targets and "none" carry a 0 x 0 mask."""
+    empty = np.zeros((0, 0), np.uint8), 0, 0
+    if mode == "none" or (mode == "cropped" and target.bbox is None):
+        return empty
+    mask = target.mask.astype(np.uint8) * 255
+    if mode == "full":
+        return mask, 0, 0
+    x0, y0, x1, y1 = target.bbox
+    return np.ascontiguousarray(mask[y0:y1 + 1, x0:x1 + 1]), x0, y0
 
 
 def inference_ms(targets: Sequence[Target]) -> float:
@@ -200,5 +236,10 @@ def target_to_dict(target: Target) -> dict:
         "candidates": [c.summary() for c in target.candidates],
         "depth_m": _finite_or_none(target.depth_m),
         "centroid_3d_m": [round(c, 4) for c in target.point_3d] if target.point_3d is not None else None,
+        "extent_m": [round(c, 4) for c in target.extent_m] if target.extent_m is not None else None,
+        "depth_std_m": _finite_or_none(target.depth_std_m),
+        "depth_pixel_count": target.depth_pixel_count,
+        "axis_angle_rad": _finite_or_none(target.axis_angle),
+        "axis_ratio": _finite_or_none(target.axis_ratio),
         "timings_ms": {k: round(float(v), 2) for k, v in target.segmentation.timings_ms.items()},
     }

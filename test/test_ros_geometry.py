@@ -120,3 +120,74 @@ def test_unusable_distortion_is_rejected(model, d, reason):
     info = CameraInfo(width=640, height=480, distortion_model=model, d=d, k=[500.0, 0, 320, 0, 500.0, 240, 0, 0, 1])
     with pytest.raises(ValueError, match=reason):
         PinholeCamera.from_camera_info(info)
+
+
+# Grasp-ready geometry (issue 10) ----------------------------------------------------------------
+
+
+def bar(rows: slice, cols: slice, shape=(60, 60)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def test_principal_axis_of_bars_and_lines():
+    from meres_ros.geometry import principal_axis
+
+    # 40 x 4 bar: variances (40^2 - 1) / 12 along u and (4^2 - 1) / 12 along v.
+    angle, ratio = principal_axis(bar(slice(10, 14), slice(5, 45)))
+    assert angle == pytest.approx(0.0, abs=1e-9) and ratio == pytest.approx(math.sqrt(15 / 1599))
+    assert principal_axis(bar(slice(5, 45), slice(10, 14)))[0] == pytest.approx(math.pi / 2)
+    # Pixels (2i, i): the line v = u / 2, at atan(1/2) from +u towards +v (down in the image); a line: ratio 0.
+    line = np.zeros((60, 60), bool)
+    line[np.arange(20), 2 * np.arange(20)] = True
+    angle, ratio = principal_axis(line)
+    assert angle == pytest.approx(math.atan(0.5)) and ratio == pytest.approx(0.0, abs=1e-6)
+    anti = np.zeros((60, 60), bool)
+    anti[19 - np.arange(20), np.arange(20)] = True  # going up to the right
+    assert principal_axis(anti)[0] == pytest.approx(-math.pi / 4)
+    assert principal_axis(bar(slice(10, 30), slice(10, 30)))[1] == pytest.approx(1.0)  # a square: no axis
+    with pytest.raises(ValueError):
+        principal_axis(np.zeros((5, 5), bool))
+
+
+def test_depth_samples_give_the_spread_and_count_of_the_eroded_part():
+    from meres_ros.geometry import depth_samples
+
+    depth = np.full((20, 20), np.nan, np.float32)
+    depth[5:10, :] = 1.0
+    depth[10:15, :] = 1.2
+    mask = bar(slice(5, 15), slice(5, 15), (20, 20))  # 10 x 10; eroded by 2: rows / cols 7..12, 36 px
+    samples = depth_samples(depth, mask, DepthRange(0.1, 10.0), erosion_px=2)
+    assert samples.size == 36  # 18 at 1.0 m, 18 at 1.2 m
+    assert float(np.std(samples)) == pytest.approx(0.1, abs=1e-6)
+    assert float(np.median(samples)) == pytest.approx(1.1)
+
+
+def test_surface_extent_spans_the_5th_to_95th_percentile_of_the_points():
+    from meres_ros.geometry import surface_extent
+
+    camera = PinholeCamera(fx=100.0, fy=100.0, cx=20.0, cy=10.0)
+    depth = np.full((30, 40), 2.0, np.float32)
+    part = bar(slice(5, 16), slice(10, 31), (30, 40))  # u = 10..30 (21 columns), v = 5..15 (11 rows): 231 px
+    # x: each u 11 times; the 5th / 95th percentiles (ranks 11.5 and 218.5 of 231) are u = 11 and u = 29,
+    # 18 px x 2 m / 100 px = 0.36 m. y: each v 21 times; ranks 11.5 and 218.5 are v = 5 and v = 15: 0.20 m.
+    assert surface_extent(depth, part, camera) == pytest.approx((0.36, 0.20, 0.0))
+    # 5 stray depths at 9 m (2% of the points) leave the depth extent at 0; the full span would be 7 m.
+    stray = depth.copy()
+    stray[10, 18:23] = 9.0
+    x, y, z = surface_extent(stray, part, camera)
+    assert z == 0.0 and x == pytest.approx(0.36, abs=0.02) and y == pytest.approx(0.20, abs=0.02)
+    # A step: half the part at 2.0 m, half at 2.3 m: 0.3 m deep.
+    step = depth.copy()
+    step[:, 21:] = 2.3
+    assert surface_extent(step, part, camera)[2] == pytest.approx(0.3)
+    assert surface_extent(np.full((30, 40), np.nan, np.float32), part, camera) is None
+
+
+def test_deproject_pixels_agrees_with_deproject_through_the_lens():
+    camera = PinholeCamera(fx=110.0, fy=100.0, cx=10.0, cy=8.0, distortion=(-0.25, 0.08, 0.001, -0.002, 0.0))
+    u, v, z = np.array([3.0, 60.0, 120.0]), np.array([90.0, 40.0, 5.0]), np.array([0.5, 1.5, 3.0])
+    points = camera.deproject_pixels(u, v, z)
+    for i in range(3):
+        assert tuple(points[i]) == pytest.approx(camera.deproject(u[i], v[i], z[i]), abs=1e-9)

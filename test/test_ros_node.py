@@ -5,6 +5,7 @@ masks must be identical); the lifecycle and parameter tests start their own.
 Nothing here assumes that a best-effort frame arrives: `MeresClient.request`
 resends until answered.
 """
+import math
 import random
 import signal
 import subprocess
@@ -590,37 +591,114 @@ def two_identical_discs_scene() -> np.ndarray:
     return img
 
 
-def test_ambiguous_scene_is_answered_with_both_candidates(ros_context, checkpoint):
-    name = "meres_which"
+ORACLE = "meres_oracle"
+
+
+@pytest.fixture(scope="module")
+def oracle_node(ros_context, checkpoint):
+    """A node whose probability map is where the image is red (node_hooks.py): the scene decides the masks."""
+    name = ORACLE
+    remappings = {topic: f"{name}/{topic}" for topic in ("image", "depth", "camera_info")}
     with NodeProcess(node_parameters(checkpoint, image_reliability="reliable"), node_name=name,
-                     env={"MERES_TEST_RED_ORACLE": "1"}, program=HOOKS,
-                     remappings={"image": f"{name}/image"}) as process:
-        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image", image_qos=RELIABLE)
+                     env={"MERES_TEST_RED_ORACLE": "1"}, program=HOOKS, remappings=remappings) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image",
+                             depth_topic=f"{name}/depth", camera_info_topic=f"{name}/camera_info", image_qos=RELIABLE)
         try:
             assert client.wait_for_node(90), process.log()
-            client.set_expression("the red disc")
-            rgb = two_identical_discs_scene()
-            result = client.request(rgb).result
-            assert result.found and result.ambiguous, process.log()
-            assert len(result.candidates) == 2  # the square (0.27 of a disc's mass) is below ambiguity_ratio 0.5
-            by_u = sorted(result.candidates, key=lambda c: c.centroid_u)
-            assert [(c.centroid_u, c.centroid_v) for c in by_u] == [pytest.approx((32, 48)), pytest.approx((96, 48))]
-            assert [(c.bbox.x_offset, c.bbox.y_offset, c.bbox.width, c.bbox.height) for c in by_u] == \
-                [(18, 34, 29, 29), (82, 34, 29, 29)]
-            assert all(c.score == pytest.approx(0.9) for c in by_u)
-            first = result.candidates[0]  # the target is the first candidate
-            assert (result.centroid_u, result.centroid_v) == (first.centroid_u, first.centroid_v)
-            assert result.bbox == first.bbox
-            # A live ambiguity_ratio: at 0.2 the square is a candidate too; 0 is refused.
-            assert set_parameter(client, name, "ambiguity_ratio", 0.2).successful
-            assert len(client.request(rgb).result.candidates) == 3
-            assert not set_parameter(client, name, "ambiguity_ratio", 0.0).successful
-            # One disc: found, not ambiguous, one candidate.
-            one = rgb.copy()
-            one[:, 50:] = 30
-            single = client.request(one).result
-            assert single.found and not single.ambiguous and len(single.candidates) == 1
-            assert (single.candidates[0].centroid_u, single.candidates[0].centroid_v) == pytest.approx((32, 48))
+            yield process, client
         finally:
             client.destroy()
         assert process.alive(), process.log()
+
+
+def test_ambiguous_scene_is_answered_with_both_candidates(oracle_node):
+    process, client = oracle_node
+    name = ORACLE
+    try:
+        client.set_expression("the red disc")
+        rgb = two_identical_discs_scene()
+        result = client.request(rgb).result
+        assert result.found and result.ambiguous, process.log()
+        assert len(result.candidates) == 2  # the square (0.27 of a disc's mass) is below ambiguity_ratio 0.5
+        by_u = sorted(result.candidates, key=lambda c: c.centroid_u)
+        assert [(c.centroid_u, c.centroid_v) for c in by_u] == [pytest.approx((32, 48)), pytest.approx((96, 48))]
+        assert [(c.bbox.x_offset, c.bbox.y_offset, c.bbox.width, c.bbox.height) for c in by_u] == \
+            [(18, 34, 29, 29), (82, 34, 29, 29)]
+        assert all(c.score == pytest.approx(0.9) for c in by_u)
+        first = result.candidates[0]  # the target is the first candidate
+        assert (result.centroid_u, result.centroid_v) == (first.centroid_u, first.centroid_v)
+        assert result.bbox == first.bbox
+        # A live ambiguity_ratio: at 0.2 the square is a candidate too; 0 is refused.
+        assert set_parameter(client, name, "ambiguity_ratio", 0.2).successful
+        assert len(client.request(rgb).result.candidates) == 3
+        assert not set_parameter(client, name, "ambiguity_ratio", 0.0).successful
+        # One disc: found, not ambiguous, one candidate.
+        one = rgb.copy()
+        one[:, 50:] = 30
+        single = client.request(one).result
+        assert single.found and not single.ambiguous and len(single.candidates) == 1
+        assert (single.candidates[0].centroid_u, single.candidates[0].centroid_v) == pytest.approx((32, 48))
+    finally:
+        set_parameter(client, name, "ambiguity_ratio", 0.5)
+
+
+def red_bar_scene() -> np.ndarray:
+    """A red bar 41 px wide (u = 40..80) and 11 px high (v = 40..50)."""
+    img = np.full((96, 128, 3), 30, np.uint8)
+    img[40:51, 40:81] = (220, 30, 30)
+    return img
+
+
+def wait_for_result(client, rgb, accept, timeout=60.0, **frame):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = client.request(rgb, **frame).result
+        if accept(result):
+            return result
+        assert time.monotonic() < deadline, f"no result as expected; last: {result}"
+
+
+def test_result_is_grasp_ready(oracle_node):
+    process, client = oracle_node
+    client.set_expression("the red bar")
+    depth = np.full((96, 128), 1500, np.uint16)  # a plane 1.5 m away
+    result = client.request(red_bar_scene(), depth=depth, camera_info=camera_info()).result
+    assert result.found and result.centroid_3d_valid and not result.ambiguous
+    assert (result.centroid_u, result.centroid_v) == pytest.approx((60.0, 45.0))
+    assert (result.centroid_3d.x, result.centroid_3d.y, result.centroid_3d.z) == \
+        pytest.approx(((60 - CX) * 1.5 / FX, (45 - CY) * 1.5 / FY, 1.5))
+    # Extent: 451 points; along u each column 11 times, the 5th / 95th percentiles (ranks 22.5, 427.5) at
+    # u = 42 and 78: 36 px x 1.5 m / FX; along v each row 41 times: v = 40 and 50, 10 px x 1.5 m / FY.
+    assert (result.extent.x, result.extent.y, result.extent.z) == pytest.approx((36 * 1.5 / FX, 10 * 1.5 / FY, 0.0))
+    # Uncertainty: the depths inside the part eroded by 2 px (37 x 7 px), all 1.5 m.
+    assert result.depth_pixel_count == 37 * 7 and result.depth_std == pytest.approx(0.0)
+    # Principal axis along u; spread ratio sqrt(((11^2 - 1) / 12) / ((41^2 - 1) / 12)).
+    assert result.axis_angle == pytest.approx(0.0, abs=1e-6)
+    assert result.axis_ratio == pytest.approx(math.sqrt(120 / 1680), rel=1e-5)
+    # The same bar turned upright: the axis is along v.
+    upright = np.full((96, 128, 3), 30, np.uint8)
+    upright[20:61, 60:71] = (220, 30, 30)
+    assert client.request(upright).result.axis_angle == pytest.approx(math.pi / 2, abs=1e-6)
+
+    # Request ids: every sentence taken is a new request, the same text asked again too.
+    first = client.request(red_bar_scene()).result.request_id
+    client.expression_pub.publish(String(data="the red bar"))
+    again = wait_for_result(client, red_bar_scene(), lambda r: r.request_id != first)
+    assert again.request_id == first + 1 and again.expression == "the red bar"
+    client.set_expression("the bar")
+    assert wait_for_result(client, red_bar_scene(), lambda r: r.expression == "the bar").request_id == first + 2
+
+    # Bandwidth: the mask cropped to the bbox, with its offset; or no mask. ~/mask stays full.
+    try:
+        assert set_parameter(client, ORACLE, "mask_mode", "cropped").successful
+        cropped = wait_for_result(client, red_bar_scene(), lambda r: r.mask.width != 128)
+        assert (cropped.mask.width, cropped.mask.height, cropped.mask_offset_x, cropped.mask_offset_y) == (41, 11, 40, 40)
+        assert (image_to_numpy(cropped.mask) == 255).all()
+        assert set_parameter(client, ORACLE, "mask_mode", "none").successful
+        none = wait_for_result(client, red_bar_scene(), lambda r: r.mask.width == 0)
+        assert none.mask.height == 0 and len(none.mask.data) == 0 and none.found
+        answer = client.request(red_bar_scene())
+        assert answer.mask.shape == (96, 128) and answer.mask[40:51, 40:81].all()
+        assert not set_parameter(client, ORACLE, "mask_mode", "thumbnail").successful
+    finally:
+        set_parameter(client, ORACLE, "mask_mode", "full")

@@ -137,3 +137,23 @@ def test_health_reports_rates_latency_and_levels():
     report.image_timeout_s = 0.0
     assert report.report("active", {}, dropped=4).level == health.WARN  # no image "for 0 s"
     assert report.report("unconfigured", {}, dropped=4).level == health.OK
+
+
+def test_mask_window_per_mask_mode():
+    import numpy as np
+
+    from meres_core.inference import SegmentationResult
+    from meres_ros.pipeline import Target, mask_window
+
+    mask = np.zeros((20, 30), bool)
+    mask[5:8, 10:14] = True  # the target part: bbox (10, 5, 13, 7)
+    mask[6, 20] = True  # another part, outside the bbox
+    found = Target(SegmentationResult("x", True, 0.9, mask, mask.astype(np.float32), (10, 5, 13, 7), (11.5, 6.0)))
+    full, x, y = mask_window(found, "full")
+    assert full.shape == (20, 30) and (x, y) == (0, 0) and (full == 255).sum() == 13
+    cropped, x, y = mask_window(found, "cropped")
+    assert cropped.shape == (3, 4) and (cropped == 255).all() and (x, y) == (10, 5)
+    assert mask_window(found, "none")[0].shape == (0, 0)
+    absent = Target(SegmentationResult("x", False, 0.1, mask, mask.astype(np.float32), None, None))
+    assert mask_window(absent, "cropped") == (pytest.approx(np.zeros((0, 0))), 0, 0)
+    assert not mask_window(absent, "full")[0].any()  # an absent target's full mask is all 0
