@@ -25,7 +25,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 
 from meres_ros.conversions import image_to_numpy, numpy_to_image
@@ -147,6 +147,16 @@ class Answer:
         return self.result.found if self.result is not None else bool(self.mask.any())
 
 
+def compress(rgb: np.ndarray, image_format: str, header: Header) -> CompressedImage:
+    """RGB -> CompressedImage as compressed_image_transport writes it (jpeg / png of the bgr8 image)."""
+    import cv2
+
+    ok, data = cv2.imencode(f".{'jpg' if image_format == 'jpeg' else image_format}", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode {image_format}")
+    return CompressedImage(header=header, format=f"rgb8; {image_format} compressed bgr8", data=data.tobytes())
+
+
 class MeresClient:
     """A small rclpy node that plays camera + operator for a running meres_node."""
 
@@ -154,16 +164,20 @@ class MeresClient:
                  image_topic: str = IMAGE_TOPIC, depth_topic: str = DEPTH_TOPIC,
                  camera_info_topic: str = CAMERA_INFO_TOPIC, expression_topic: str = EXPRESSION_TOPIC,
                  image_qos: QoSProfile = qos_profile_sensor_data, expression_qos: QoSProfile = EXPRESSION_HISTORY_QOS,
-                 with_debug_image: bool = False, with_results: bool = True):
+                 with_debug_image: bool = False, with_results: bool = True, image_format: str = "raw"):
         """`expression_qos`: latched by default, so a sentence set before the node is up still reaches it.
         `with_debug_image`: subscribe to ~/debug_image (the node renders it only then) and wait for it in answers.
-        `with_results`: wait for ~/result(s) too, when meres_ros_interfaces is importable here."""
+        `with_results`: wait for ~/result(s) too, when meres_ros_interfaces is importable here.
+        `image_format`: raw (Image on `image_topic`), or jpeg / png (CompressedImage on `image_topic`/compressed,
+        for a node with image_transport:=compressed); may be changed between frames."""
         self.node = rclpy.create_node(name or f"{node_name.strip('/')}_client", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.result_types = result_message_types() if with_results else None
         keep = 50  # reliable, volatile: what the node publishes with, deep enough for a burst
         self.image_pub = self.node.create_publisher(Image, image_topic, image_qos)
+        self.compressed_image_pub = self.node.create_publisher(CompressedImage, f"{image_topic}/compressed", image_qos)
+        self.image_format = image_format
         self.depth_pub = self.node.create_publisher(Image, depth_topic, image_qos)
         self.camera_info_pub = self.node.create_publisher(CameraInfo, camera_info_topic, image_qos)
         self.expression_pub = self.node.create_publisher(String, expression_topic, expression_qos)
@@ -234,7 +248,8 @@ class MeresClient:
         """True once the node is active: its ~/mask publisher and image subscription are both matched."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.image_pub.get_subscription_count() > 0 and self.active_expression is not None:
+            image_pub = self.image_pub if self.image_format == "raw" else self.compressed_image_pub
+            if image_pub.get_subscription_count() > 0 and self.active_expression is not None:
                 return True
             self.spin(0.1)
         return False
@@ -268,7 +283,10 @@ class MeresClient:
             self.camera_info_pub.publish(camera_info)
         if depth is not None:
             self.depth_pub.publish(numpy_to_image(depth, "32FC1" if depth.dtype == np.float32 else "16UC1", header))
-        self.image_pub.publish(numpy_to_image(rgb, "rgb8", header))
+        if self.image_format == "raw":
+            self.image_pub.publish(numpy_to_image(rgb, "rgb8", header))
+        else:
+            self.compressed_image_pub.publish(compress(rgb, self.image_format, header))
         self._sent[stamp_ns(header.stamp)] = time.monotonic()
         return header
 

@@ -153,6 +153,47 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.repeat(pixels[:, :, None], 3, axis=2)
 
 
+# sensor_msgs/CompressedImage formats this node decodes (compressed_image_transport writes "jpeg",
+# "png" or "<encoding>; jpeg compressed bgr8"). compressedDepth is another transport, not handled.
+COMPRESSED_FORMATS = ("jpeg", "png")
+
+
+def check_compressed_image(msg) -> None:
+    """Validate a CompressedImage's format and size without decoding it (cheap: for callbacks)."""
+    fmt = str(msg.format).lower()
+    if "compresseddepth" in fmt.replace(" ", "") or not any(name in fmt for name in (*COMPRESSED_FORMATS, "jpg")):
+        raise ValueError(f"unsupported compressed format {msg.format!r} (supported: {', '.join(COMPRESSED_FORMATS)})")
+    size = len(msg.data)
+    if size == 0:
+        raise ValueError("compressed image with no data")
+    if size > MAX_BYTES:
+        raise ValueError(f"compressed image of {size} bytes exceeds the {MAX_BYTES} byte limit")
+
+
+def compressed_to_rgb(msg) -> np.ndarray:
+    """A JPEG or PNG CompressedImage -> RGB uint8 (H, W, 3), decoded with OpenCV."""
+    import cv2
+
+    check_compressed_image(msg)
+    pixels = cv2.imdecode(_data_as_bytes(msg.data), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.size == 0:
+        raise ValueError(f"cannot decode the {len(msg.data)}-byte {msg.format!r} payload (corrupt or not that format)")
+    if max(pixels.shape[:2]) > MAX_SIDE:
+        raise ValueError(f"image {pixels.shape[1]}x{pixels.shape[0]} exceeds the {MAX_SIDE} pixel side limit")
+    if pixels.dtype == np.uint16:  # 16-bit PNG
+        pixels = (pixels >> 8).astype(np.uint8)
+    if pixels.ndim == 2:
+        return np.repeat(pixels[:, :, None], 3, axis=2)
+    # OpenCV decodes to BGR(A), whatever the publisher's encoding was (compressed_image_transport
+    # converts color to bgr8 before compressing).
+    return np.ascontiguousarray(pixels[:, :, 2::-1])
+
+
+def color_to_rgb(msg) -> np.ndarray:
+    """A color Image or CompressedImage -> RGB uint8 (H, W, 3)."""
+    return compressed_to_rgb(msg) if hasattr(msg, "format") else image_to_rgb(msg)
+
+
 def image_to_depth(msg) -> np.ndarray:
     """A depth Image -> (H, W) array: uint16 (16UC1 / mono16, usually mm) or float32 (32FC1, m)."""
     check_depth_image(msg)

@@ -19,7 +19,8 @@ from meres_ros.pipeline import MASK_MODES
 NODE_NAME = "meres"
 
 # Inputs (relative names: remap them, or push the node into a camera namespace).
-IMAGE_TOPIC = "image"  # sensor_msgs/Image, color
+IMAGE_TOPIC = "image"  # sensor_msgs/Image, color; or CompressedImage on image/compressed
+IMAGE_TRANSPORTS = ("raw", "compressed")
 DEPTH_TOPIC = "depth"  # sensor_msgs/Image, registered to the color image
 CAMERA_INFO_TOPIC = "camera_info"  # sensor_msgs/CameraInfo of the color camera
 EXPRESSION_TOPIC = "/referring_expression"  # std_msgs/String
@@ -145,6 +146,9 @@ PARAMETERS = {
                                    "frame; not waited for while that stream is silent.", float_range=(0.0, 2.0))),
     "rectified": (False, _descriptor("true when image and depth are rectified (image_rect): deproject with the "
                                      "projection matrix P; false: with K and the distortion D.")),
+    "image_transport": ("raw", _descriptor("raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage "
+                                           "(JPEG or PNG) on `image`/compressed, as image_transport names it. "
+                                           "Read at activate.", constraints=", ".join(IMAGE_TRANSPORTS))),
     "image_reliability": ("best_effort", _descriptor("QoS reliability of the image, depth and camera_info "
                                                      "subscriptions. Read at activate.",
                                                      constraints=", ".join(RELIABILITIES))),
@@ -180,6 +184,8 @@ def parameter_problem(name: str, value, current: dict) -> Optional[str]:
         return "ambiguity_ratio must be above 0 (at 0 every speck of the mask would be a candidate)"
     if name == "mask_mode" and value not in MASK_MODES:
         return f"mask_mode must be one of {', '.join(MASK_MODES)}, got {value!r}"
+    if name == "image_transport" and value not in IMAGE_TRANSPORTS:
+        return f"image_transport must be one of {', '.join(IMAGE_TRANSPORTS)}, got {value!r}"
     if name == "image_reliability" and value not in RELIABILITIES:
         return f"image_reliability must be one of {', '.join(RELIABILITIES)}, got {value!r}"
     if name in ("depth_min", "depth_max"):

@@ -2,7 +2,8 @@
 
 Inputs (names, QoS and parameters: meres_ros/interface.py)
   image                  sensor_msgs/Image, color (rgb8, bgr8, rgba8, bgra8, mono8, mono16); keep last 1,
-                         reliability from `image_reliability`
+                         reliability from `image_reliability`; with image_transport:=compressed,
+                         sensor_msgs/CompressedImage (JPEG, PNG) on image/compressed, decoded by the worker
   depth                  sensor_msgs/Image registered to `image` (16UC1 / mono16 x depth_scale, 32FC1 m); optional
   camera_info            sensor_msgs/CameraInfo of the color camera; optional
   /referring_expression  std_msgs/String from any publisher: volatile or latched, before or after the node
@@ -56,7 +57,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
 try:  # Iron and later
@@ -65,7 +66,13 @@ except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 
 from meres_ros import health
-from meres_ros.conversions import check_color_image, check_depth_image, image_to_rgb, numpy_to_image
+from meres_ros.conversions import (
+    check_color_image,
+    check_compressed_image,
+    check_depth_image,
+    color_to_rgb,
+    numpy_to_image,
+)
 from meres_ros.geometry import DepthRange, PinholeCamera
 from meres_ros.interface import (
     ACTIVE_EXPRESSION_QOS,
@@ -256,8 +263,16 @@ class MeresNode(LifecycleNode):
     @logged_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         reliability = self.get_parameter("image_reliability").value
+        image_topic = self.resolve_topic_name(IMAGE_TOPIC)
+        if self.get_parameter("image_transport").value == "compressed":
+            # image_transport's naming: the transport's topic below the (remapped) base topic.
+            image_topic = f"{image_topic}/compressed"
+            color = self.create_subscription(CompressedImage, image_topic, self._on_compressed_image,
+                                             image_qos(reliability))
+        else:
+            color = self.create_subscription(Image, image_topic, self._on_image, image_qos(reliability))
         self._input_subscriptions = [
-            self.create_subscription(Image, IMAGE_TOPIC, self._on_image, image_qos(reliability)),
+            color,
             self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, paired_input_qos(reliability)),
             self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, paired_input_qos(reliability)),
         ]
@@ -266,7 +281,7 @@ class MeresNode(LifecycleNode):
         self._worker.start()
         self._health.activated()
         self.get_logger().info(
-            f"active: segmenting '{self.resolve_topic_name(IMAGE_TOPIC)}' for "
+            f"active: segmenting '{image_topic}' for "
             f"'{self.resolve_topic_name(EXPRESSION_TOPIC)}' "
             f"({'; '.join(self._expressions.texts) or 'no expression yet'})")
         return super().on_activate(state)
@@ -453,9 +468,15 @@ class MeresNode(LifecycleNode):
     # Sensor callbacks: store, never compute ----------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
+        self._take_color(msg, check_color_image)
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        self._take_color(msg, check_compressed_image)  # the payload is decoded by the worker, for the frames it takes
+
+    def _take_color(self, msg, check: Callable) -> None:
         self._health.received("image")
         try:
-            check_color_image(msg)  # here, not in the worker: it sees only the frames it has time for
+            check(msg)  # here, not in the worker: it sees only the frames it has time for
         except ValueError as error:
             self._problems.report("image", f"color image dropped: {error}")
             return
@@ -527,13 +548,13 @@ class MeresNode(LifecycleNode):
         self._error_path.trigger()
         return True
 
-    def _process(self, msg: Image, received_at: float, settings: LiveSettings) -> None:
+    def _process(self, msg, received_at: float, settings: LiveSettings) -> None:
         expressions = self._expressions
         segmenter = self._segmenter
         if not expressions.texts or segmenter is None:
             return
         try:
-            rgb = image_to_rgb(msg)
+            rgb = color_to_rgb(msg)
         except ValueError as error:
             self._problems.report("image", f"color image dropped: {error}")
             return

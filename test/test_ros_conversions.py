@@ -153,3 +153,28 @@ def test_cv_bridge_agrees_with_numpy_path(monkeypatch):
     with_bridge = image_to_numpy(msg)
     monkeypatch.setattr(conversions, "_CV_BRIDGE_CLASS", None)
     np.testing.assert_array_equal(with_bridge, image_to_numpy(msg))
+
+
+def test_compressed_images_decode_to_rgb():
+    import cv2
+    from sensor_msgs.msg import CompressedImage
+
+    from meres_ros.conversions import color_to_rgb, compressed_to_rgb
+
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50  # distinct channels: a swapped order shows
+
+    def encoded(extension, pixels, fmt):
+        return CompressedImage(format=fmt, data=cv2.imencode(extension, pixels)[1].tobytes())
+
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    np.testing.assert_array_equal(compressed_to_rgb(encoded(".png", bgr, "rgb8; png compressed bgr8")), rgb)
+    assert np.abs(color_to_rgb(encoded(".jpg", bgr, "jpeg")).astype(int) - rgb).max() <= 3  # lossy
+    bgra = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA)
+    np.testing.assert_array_equal(compressed_to_rgb(encoded(".png", bgra, "bgra8; png compressed bgra8")), rgb)
+    gray16 = np.full((6, 8), 0x8000, np.uint16)
+    assert (compressed_to_rgb(encoded(".png", gray16, "mono16; png compressed mono16")) == 0x80).all()
+    for fmt, data, reason in [("jpeg", b"garbage" * 10, "cannot decode"), ("png", b"", "no data"),
+                              ("16UC1; compressedDepth png", b"x" * 20, "unsupported"), ("bmp", b"BM" * 10, "unsupported")]:
+        with pytest.raises(ValueError, match=reason):
+            compressed_to_rgb(CompressedImage(format=fmt, data=data))

@@ -702,3 +702,51 @@ def test_result_is_grasp_ready(oracle_node):
         assert not set_parameter(client, ORACLE, "mask_mode", "thumbnail").successful
     finally:
         set_parameter(client, ORACLE, "mask_mode", "full")
+
+
+def test_compressed_images_jpeg_png_and_corrupt(ros_context, checkpoint):
+    import cv2
+
+    from meres_ros.client import compress
+
+    name = "meres_compressed"
+    parameters = node_parameters(checkpoint, image_transport="compressed", image_reliability="reliable")
+    # The base topic is remapped; the node subscribes below it, as image_transport does.
+    with NodeProcess(parameters, node_name=name, remappings={"image": f"/{name}/camera/color"}) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"/{name}/camera/color",
+                             image_qos=RELIABLE, image_format="jpeg")
+        try:
+            assert client.wait_for_node(90), process.log()
+            assert f"segmenting '/{name}/camera/color/compressed'" in process.log()
+            client.set_expression("the red disc")
+            rgb = scene_image()
+            for image_format in ("jpeg", "png"):
+                client.image_format = image_format
+                answer = client.request(rgb)
+                sent = compress(rgb, image_format, Header()).data
+                decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(bytes(sent), np.uint8), cv2.IMREAD_COLOR),
+                                       cv2.COLOR_BGR2RGB)
+                if image_format == "png":
+                    np.testing.assert_array_equal(decoded, rgb)  # lossless
+                expected = reference_segmentation(checkpoint, decoded, "the red disc")
+                np.testing.assert_array_equal(answer.mask, expected.mask if expected.found else 0 * expected.mask)
+                assert answer.result.score == pytest.approx(expected.score, abs=1e-6)
+            # Bad payloads: logged by kind with their reason; the node keeps serving.
+            from sensor_msgs.msg import CompressedImage
+
+            bad = {"cannot decode the": ("jpeg", b"\xff\xd8 not a jpeg" * 20),
+                   "compressed image with no data": ("png", b""),
+                   "unsupported compressed format 'tiff'": ("tiff", b"II*\x00" * 10)}
+            deadline = time.monotonic() + 60
+            for reason, (image_format, data) in bad.items():
+                while reason not in process.log():  # a keep-last-1 publisher may replace one not yet delivered
+                    assert time.monotonic() < deadline, process.log()
+                    client.compressed_image_pub.publish(
+                        CompressedImage(header=client.next_header("c"), format=image_format, data=data))
+                    client.spin(0.3)
+            assert "[image] color image dropped" in process.log() and "Traceback" not in process.log()
+            client.image_format = "png"
+            assert client.request(rgb).mask.shape == (96, 128)
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
