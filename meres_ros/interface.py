@@ -32,6 +32,9 @@ RESULTS_TOPIC = "~/results"  # meres_ros_interfaces/ReferringSegmentationArray (
 ACTIVE_EXPRESSION_TOPIC = "~/expression"  # std_msgs/String, latched: the expressions in use
 DEBUG_IMAGE_TOPIC = "~/debug_image"  # sensor_msgs/Image rgb8
 DIAGNOSTICS_TOPIC = "/diagnostics"  # diagnostic_msgs/DiagnosticArray
+# One-shot requests: meres_ros_interfaces/srv/Segment; a request without a timeout waits this long (s).
+SEGMENT_SERVICE = "~/segment"
+SEGMENT_TIMEOUT_S = 5.0
 
 
 def output_topic(node_name: str, private_topic: str) -> str:
@@ -82,6 +85,15 @@ def result_message_types():
     except ImportError:
         return None
     return ReferringSegmentation, ReferringSegmentationArray, ReferringCandidate
+
+
+def segment_service_type():
+    """meres_ros_interfaces/srv/Segment, or None when meres_ros_interfaces is not built."""
+    try:
+        from meres_ros_interfaces.srv import Segment
+    except ImportError:
+        return None
+    return Segment
 
 
 # Parameters ---------------------------------------------------------------------------------

@@ -37,12 +37,14 @@ builds a backlog.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import signal
 import sys
 import threading
 import time
 import traceback
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -51,12 +53,14 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
 
@@ -94,13 +98,17 @@ from meres_ros.interface import (
     RESULT_QOS,
     RESULT_TOPIC,
     RESULTS_TOPIC,
+    SEGMENT_SERVICE,
+    SEGMENT_TIMEOUT_S,
     STAMP_BUFFER_LENGTH,
     image_qos,
     paired_input_qos,
     parameter_problem,
     result_message_types,
+    segment_service_type,
 )
 from meres_ros.pipeline import (
+    EXPRESSION_SEPARATOR,
     MAX_EXPRESSION_CHARS,
     DepthSettings,
     Frame,
@@ -115,7 +123,7 @@ from meres_ros.pipeline import (
     segment_frame,
 )
 from meres_core.model_source import ModelSource, with_settings
-from meres_ros.streams import LatchedCopies, LatestSlot, ProblemLog, StampBuffer, stamp_ns
+from meres_ros.streams import LatchedCopies, LatestSlot, OneShot, OneShotQueue, ProblemLog, StampBuffer, stamp_ns
 
 # The executor wakes at least this often (s), so a signal is handled promptly.
 SPIN_PERIOD_S = 0.1
@@ -211,6 +219,12 @@ class MeresNode(LifecycleNode):
         self._stop_worker = threading.Event()
         self._model_broken = False  # set by the worker; the deactivate it triggers then reports ERROR
         self._stale_results = 0
+        # Request ids: one count for every sentence taken, streaming or one-shot (ReferringSegmentation.request_id).
+        self._request_ids = itertools.count(1)
+        self._one_shots = OneShotQueue()
+        self._one_shot_answers: deque = deque()  # (request_id, (success, message, result)), from the worker
+        self._one_shot_futures: dict[int, Future] = {}  # executor thread only
+        self._segment_service = None
         self._outputs: dict[str, object] = {}
         self._expression_subscription = None
         self._history_subscription = None
@@ -218,6 +232,8 @@ class MeresNode(LifecycleNode):
 
         # The worker cannot change the lifecycle state itself (deactivate joins it): it wakes the executor.
         self._error_path = self.create_guard_condition(self._take_error_path)
+        # The worker's one-shot answers are handed to the waiting service calls in the executor thread.
+        self._one_shot_answered = self.create_guard_condition(self._deliver_one_shot_answers)
         self._diagnostics = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, DIAGNOSTICS_QOS)
         self.create_timer(DIAGNOSTICS_PERIOD_S, self._tick)
         self._ready = True
@@ -257,6 +273,12 @@ class MeresNode(LifecycleNode):
         self._expression_subscription = self.create_subscription(String, EXPRESSION_TOPIC, self._on_live_expression,
                                                                  EXPRESSION_QOS)
         self._watch_latched_publishers()
+        service_type = segment_service_type()
+        if service_type is not None and self._result_types is not None:
+            # Its own reentrant group: a waiting request (a pending coroutine) keeps its callback group busy, and
+            # in the node's default mutually exclusive group it would block the image callbacks and its own timer.
+            self._segment_service = self.create_service(service_type, SEGMENT_SERVICE, self._on_segment_request,
+                                                        callback_group=ReentrantCallbackGroup())
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -330,6 +352,9 @@ class MeresNode(LifecycleNode):
         self._frames.take(timeout=0.0)
         self._depths.clear()
         self._camera_infos.clear()
+        for request in self._one_shots.take_all():
+            self._one_shot_answers.append((request.request_id, (False, "meres_node was deactivated", None)))
+        self._deliver_one_shot_answers()
         self._log_statistics()
 
     def release(self) -> None:
@@ -339,6 +364,9 @@ class MeresNode(LifecycleNode):
             if subscription is not None:
                 self.destroy_subscription(subscription)
         self._expression_subscription = self._history_subscription = None
+        if self._segment_service is not None:
+            self.destroy_service(self._segment_service)
+            self._segment_service = None
         for name, publisher in self._outputs.items():
             if name == "expression":
                 self.destroy_publisher(publisher)
@@ -457,7 +485,7 @@ class MeresNode(LifecycleNode):
         again: results computed before it are not published with its request id)."""
         with self._expressions_lock:
             repeated = tuple(expressions) == self._expressions.texts
-            self._expressions = Expressions(tuple(expressions), self._expressions.request_id + 1)
+            self._expressions = Expressions(tuple(expressions), next(self._request_ids))
         if repeated:
             return
         shown = "; ".join(expressions)
@@ -551,19 +579,35 @@ class MeresNode(LifecycleNode):
     def _process(self, msg, received_at: float, settings: LiveSettings) -> None:
         expressions = self._expressions
         segmenter = self._segmenter
-        if not expressions.texts or segmenter is None:
+        one_shots = self._one_shots.take_due(received_at)
+        if not (expressions.texts or one_shots) or segmenter is None:
             return
         try:
             rgb = color_to_rgb(msg)
         except ValueError as error:
             self._problems.report("image", f"color image dropped: {error}")
+            for request in one_shots:  # their frame is the next usable one
+                self._one_shots.add(request)
             return
         frame = Frame(rgb)
         if settings.use_depth:
             self._attach_depth(frame, msg, settings)
         decision = settings.decision(segmenter)
-        # Inputs are checked by now: whatever this raises is the model failing (see _worker_failed).
-        targets = segment_frame(segmenter, frame, expressions.texts, settings.depth, decision)
+        # One batch for the streaming expressions and the one-shot sentences.
+        texts = expressions.texts + tuple(request.sentence for request in one_shots)
+        try:
+            # Inputs are checked by now: whatever this raises is the model failing (see _worker_failed).
+            targets = segment_frame(segmenter, frame, texts, settings.depth, decision)
+        except Exception as error:
+            self._answer_one_shots(one_shots, lambda _: (False, f"model failed: {type(error).__name__}: {error}", None))
+            raise
+        streamed, answered = targets[:len(expressions.texts)], targets[len(expressions.texts):]
+        elapsed = inference_ms(targets)
+        self._answer_one_shots(one_shots, lambda i: (True, "", self._result_message(
+            msg.header, answered[i], one_shots[i].request_id, settings.mask_mode, elapsed)))
+        if not streamed:
+            return
+        targets = streamed
         if frame.depth_m is not None:
             for target in targets:
                 if target.pixel_centroid is not None and target.point_3d is None:
@@ -598,6 +642,56 @@ class MeresNode(LifecycleNode):
                                                            settings.rectified)
         except InputError as error:
             self._problems.report(error.kind, f"no 3D centroid for this frame: {error}")
+
+    # One-shot requests (~/segment) -----------------------------------------------------------
+
+    async def _on_segment_request(self, request, response):
+        """Segment `request.sentence` in the next color frame; runs as a coroutine, so the executor keeps
+        serving the image callbacks while it waits."""
+        sentence = " ".join(request.sentence.split())[:MAX_EXPRESSION_CHARS]
+        if self._worker is None:
+            response.message = "meres_node is not active"
+            return response
+        if not sentence or EXPRESSION_SEPARATOR in sentence:
+            response.message = (f"one sentence expected, got {request.sentence[:60]!r} "
+                                "(several: publish 'a; b' on /referring_expression)")
+            return response
+        timeout = request.timeout if 0.0 < request.timeout < math.inf else SEGMENT_TIMEOUT_S
+        one_shot = OneShot(next(self._request_ids), sentence, time.monotonic())
+        future = Future()
+        self._one_shot_futures[one_shot.request_id] = future
+        self._one_shots.add(one_shot)
+        timer = self.create_timer(timeout, lambda: self._expire_one_shot(one_shot.request_id, timeout))
+        try:
+            response.success, response.message, result = await future
+        finally:
+            timer.cancel()
+            self.destroy_timer(timer)
+            self._one_shot_futures.pop(one_shot.request_id, None)
+        if result is not None:
+            response.result = result
+        return response
+
+    def _expire_one_shot(self, request_id: int, timeout: float) -> None:
+        self._one_shots.discard(request_id)
+        future = self._one_shot_futures.get(request_id)
+        if future is not None and not future.done():
+            future.set_result((False, f"no color frame within {timeout:g} s", None))
+
+    def _answer_one_shots(self, requests: list[OneShot], answer: Callable[[int], tuple]) -> None:
+        """Worker side: `answer(i)` -> (success, message, result) for requests[i]."""
+        if not requests:
+            return
+        for i, request in enumerate(requests):
+            self._one_shot_answers.append((request.request_id, answer(i)))
+        self._one_shot_answered.trigger()
+
+    def _deliver_one_shot_answers(self) -> None:
+        while self._one_shot_answers:
+            request_id, answer = self._one_shot_answers.popleft()
+            future = self._one_shot_futures.get(request_id)
+            if future is not None and not future.done():  # else it timed out meanwhile
+                future.set_result(answer)
 
     # Output ------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The node's rclpy-free plumbing: the latest-frame slot, stamp pairing, the problem log, duplicate sentences.
+"""The node's rclpy-free plumbing: the latest-frame slot, stamp pairing, the problem log, duplicate sentences,
+one-shot requests.
 
 Everything here is plain Python and thread-safe, so it is tested without ROS and
 the node only wires it to topics.
@@ -9,6 +10,7 @@ import re
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 
@@ -156,3 +158,43 @@ class LatchedCopies:
         with self._lock:
             at = self._heard_live.get(text)
             return at is not None and time.monotonic() - at < self.window_s
+
+
+@dataclass
+class OneShot:
+    """A sentence asked for once (the node's segment service), answered on the first frame received after it."""
+
+    request_id: int
+    sentence: str
+    requested_at: float  # time.monotonic()
+
+
+class OneShotQueue:
+    """The one-shot requests waiting for a frame (thread-safe): the executor adds, the worker takes."""
+
+    def __init__(self):
+        self._pending: dict[int, OneShot] = {}
+        self._lock = threading.Lock()
+
+    def add(self, request: OneShot) -> None:
+        with self._lock:
+            self._pending[request.request_id] = request
+
+    def take_due(self, received_at: float) -> list[OneShot]:
+        """Remove and return the requests made at or before a frame received at `received_at`: a frame
+        already waiting when a request came is older than what it asks for."""
+        with self._lock:
+            due = [r for r in self._pending.values() if r.requested_at <= received_at]
+            for request in due:
+                del self._pending[request.request_id]
+            return due
+
+    def discard(self, request_id: int) -> bool:
+        """Forget a request (timed out); False when the worker took it already."""
+        with self._lock:
+            return self._pending.pop(request_id, None) is not None
+
+    def take_all(self) -> list[OneShot]:
+        with self._lock:
+            requests, self._pending = list(self._pending.values()), {}
+            return requests

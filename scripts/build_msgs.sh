@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Generate meres_ros_interfaces (ReferringSegmentation messages) and install them into a Python
+# Generate meres_ros_interfaces (ReferringSegmentation messages, the Segment service) and install them into a Python
 # venv whose rclpy comes from PyPI (no ROS 2 install), so meres_node publishes ~/result(s) there too.
 # On a ROS 2 install use colcon instead (meres_ros_interfaces/README.md).
 #
@@ -38,5 +38,6 @@ cmake --build "$BUILD" -j "$(nproc)" >>"$BUILD.log" 2>&1 || { tail -40 "$BUILD.l
 cmake --install "$BUILD" >>"$BUILD.log" 2>&1 || { tail -40 "$BUILD.log"; exit 1; }
 
 # The libraries land in $VENV/lib, which the rclpy wheels' launcher puts on the library path.
-"$PY" -c "from meres_ros_interfaces.msg import ReferringSegmentation, ReferringSegmentationArray" \
+"$PY" -c "from meres_ros_interfaces.msg import ReferringSegmentation, ReferringSegmentationArray
+from meres_ros_interfaces.srv import Segment" \
   && echo "meres_ros_interfaces installed into $VENV"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 key=$(cat setup.py constraints.txt requirements-ros.txt scripts/setup_venv.sh scripts/build_msgs.sh \
-        meres_ros_interfaces/CMakeLists.txt meres_ros_interfaces/package.xml msg/*.msg | sha256sum | cut -c1-16)
+        meres_ros_interfaces/CMakeLists.txt meres_ros_interfaces/package.xml msg/*.msg srv/*.srv | sha256sum | cut -c1-16)
 cache=${MERES_VENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/meres-ros}
 venv="$cache/venv-$key"
 

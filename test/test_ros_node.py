@@ -750,3 +750,47 @@ def test_compressed_images_jpeg_png_and_corrupt(ros_context, checkpoint):
         finally:
             client.destroy()
         assert process.alive(), process.log()
+
+
+def segment_once(client: MeresClient, sentence: str, timeout: float, rgb=None, node_name: str = "meres"):
+    """Call ~/segment; while it waits, publish `rgb` (when given) every 0.2 s, as a camera would."""
+    from meres_ros_interfaces.srv import Segment
+
+    service = client.node.create_client(Segment, f"/{node_name}/segment")
+    try:
+        assert service.wait_for_service(timeout_sec=30), "~/segment not available"
+        future = service.call_async(Segment.Request(sentence=sentence, timeout=timeout))
+        deadline = time.monotonic() + timeout + 60
+        while not future.done():
+            assert time.monotonic() < deadline, "~/segment did not answer"
+            if rgb is not None:
+                client.publish_frame(rgb)
+            client.spin(0.2)
+        return future.result()
+    finally:
+        client.node.destroy_client(service)
+
+
+def test_segment_service_answers_once_on_the_next_frame(node, checkpoint):
+    process, client = node
+    client.set_expression("the red disc")
+    streaming_id = client.request(scene_image()).result.request_id
+    rgb = scene_image()
+    response = segment_once(client, "  the blue   square ", 30.0, rgb)
+    assert response.success and response.message == "", response.message
+    result = response.result
+    assert result.expression == "the blue square" and result.request_id > streaming_id
+    assert result.header.frame_id == "camera_color_optical_frame"
+    expected = reference_segmentation(checkpoint, rgb, "the blue square")
+    np.testing.assert_array_equal(image_to_numpy(result.mask) > 0, expected.mask if expected.found else 0 * expected.mask)
+    assert result.score == pytest.approx(expected.score, abs=1e-6)
+    # The streaming sentence is untouched: results go on for it, with its own request id.
+    assert client.active_expression == "the red disc"
+    again = client.request(scene_image()).result
+    assert again.expression == "the red disc" and again.request_id == streaming_id
+    # No frame: a timeout, said as such; a list of sentences: refused.
+    late = segment_once(client, "the red disc", 0.5)
+    assert not late.success and late.message == "no color frame within 0.5 s"
+    several = segment_once(client, "a; b", 5.0)
+    assert not several.success and "one sentence expected" in several.message
+    assert process.alive(), process.log()

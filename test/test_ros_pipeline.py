@@ -157,3 +157,16 @@ def test_mask_window_per_mask_mode():
     absent = Target(SegmentationResult("x", False, 0.1, mask, mask.astype(np.float32), None, None))
     assert mask_window(absent, "cropped") == (pytest.approx(np.zeros((0, 0))), 0, 0)
     assert not mask_window(absent, "full")[0].any()  # an absent target's full mask is all 0
+
+
+def test_one_shot_requests_wait_for_a_frame_received_after_them():
+    from meres_ros.streams import OneShot, OneShotQueue
+
+    queue = OneShotQueue()
+    queue.add(OneShot(7, "the red mug", requested_at=10.0))
+    queue.add(OneShot(8, "the bowl", requested_at=12.0))
+    assert queue.take_due(9.5) == []  # a frame already waiting when they asked
+    assert [r.request_id for r in queue.take_due(11.0)] == [7]
+    assert queue.take_due(11.5) == []  # taken once
+    assert not queue.discard(7) and queue.discard(8)  # 7 was taken by the worker; 8 times out
+    assert queue.take_due(100.0) == [] and queue.take_all() == []
