@@ -31,6 +31,7 @@ RESULT_TOPIC = "~/result"  # meres_ros_interfaces/ReferringSegmentation (first e
 RESULTS_TOPIC = "~/results"  # meres_ros_interfaces/ReferringSegmentationArray (every expression)
 ACTIVE_EXPRESSION_TOPIC = "~/expression"  # std_msgs/String, latched: the expressions in use
 DEBUG_IMAGE_TOPIC = "~/debug_image"  # sensor_msgs/Image rgb8
+MARKERS_TOPIC = "~/markers"  # visualization_msgs/MarkerArray: 3D targets for RViz, only while subscribed
 DIAGNOSTICS_TOPIC = "/diagnostics"  # diagnostic_msgs/DiagnosticArray
 # One-shot requests: meres_ros_interfaces/srv/Segment; a request without a timeout waits this long (s).
 SEGMENT_SERVICE = "~/segment"
@@ -149,6 +150,11 @@ PARAMETERS = {
                                        float_range=(1e-6, 1.0))),
     "depth_min": (0.1, _descriptor("Depths below this (m) are invalid; below depth_max.", float_range=(0.0, 100.0))),
     "depth_max": (10.0, _descriptor("Depths above this (m) are invalid; above depth_min.", float_range=(0.0, 100.0))),
+    "target_smoothing": (0.0, _descriptor("Exponential smoothing of the 3D target across frames: each new point moves "
+                                          "it by (1 - this) of the way; 0 = off. Reset by a new sentence.",
+                                          float_range=(0.0, 0.99))),
+    "target_lost_frames": (5, _descriptor("Frames in a row without a 3D point after which the target is lost "
+                                          "(ReferringSegmentation.target_lost) and forgotten.", int_range=(1, 1000))),
     "depth_erosion_px": (2, _descriptor("Erode the mask by this many pixels before taking its median depth, "
                                         "away from mixed foreground/background edge pixels.", int_range=(0, 50))),
     "sync_tolerance": (0.015, _descriptor("Largest stamp difference (s) between a color frame and the depth / "
@@ -176,7 +182,7 @@ PARAMETERS = {
 # Applied to the running node at once; the others are read at configure / activate.
 LIVE_PARAMETERS = {
     "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "mask_mode", "publish_debug",
-    "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "sync_tolerance", "sync_wait",
+    "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "target_smoothing", "target_lost_frames", "sync_tolerance", "sync_wait",
     "rectified", "max_consecutive_failures", "image_timeout", "problem_log_period",
 }
 

@@ -17,6 +17,8 @@ Outputs (header = the input image's header)
   ~/results      meres_ros_interfaces/ReferringSegmentationArray, one entry per expression
   ~/expression   std_msgs/String, latched: the expressions in use ("a; b"), republished on change
   ~/debug_image  sensor_msgs/Image rgb8 overlay, rendered only while someone subscribes
+  ~/markers      visualization_msgs/MarkerArray for RViz: per 3D target a box of its extent and its sentence,
+                 only while someone subscribes
   /diagnostics   diagnostic_msgs/DiagnosticArray, 1 Hz: model, rates, latency, drops, last error
 
 A result is published only if the expressions it answers are still the node's: a
@@ -63,6 +65,7 @@ from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
+from visualization_msgs.msg import MarkerArray
 
 try:  # Iron and later
     from rclpy.event_handler import SubscriptionEventCallbacks
@@ -92,6 +95,7 @@ from meres_ros.interface import (
     EXPRESSION_TOPIC,
     IMAGE_TOPIC,
     LIVE_PARAMETERS,
+    MARKERS_TOPIC,
     MASK_TOPIC,
     NODE_NAME,
     PARAMETERS,
@@ -123,7 +127,9 @@ from meres_ros.pipeline import (
     segment_frame,
 )
 from meres_core.model_source import ModelSource, with_settings
+from meres_ros.markers import target_markers
 from meres_ros.streams import LatchedCopies, LatestSlot, OneShot, OneShotQueue, ProblemLog, StampBuffer, stamp_ns
+from meres_ros.tracking import TargetTracker
 
 # The executor wakes at least this often (s), so a signal is handled promptly.
 SPIN_PERIOD_S = 0.1
@@ -152,6 +158,8 @@ class LiveSettings:
     presence_threshold: Optional[float]
     ambiguity_ratio: Optional[float]
     mask_mode: str  # pipeline.MASK_MODES: what each result message carries as its mask
+    target_smoothing: float
+    target_lost_frames: int
 
     def decision(self, segmenter):
         """The model's decision with these settings where they are set."""
@@ -225,6 +233,7 @@ class MeresNode(LifecycleNode):
         self._one_shot_answers: deque = deque()  # (request_id, (success, message, result)), from the worker
         self._one_shot_futures: dict[int, Future] = {}  # executor thread only
         self._segment_service = None
+        self._tracker = TargetTracker()  # the worker's; replaced when its parameters change
         self._outputs: dict[str, object] = {}
         self._expression_subscription = None
         self._history_subscription = None
@@ -259,6 +268,7 @@ class MeresNode(LifecycleNode):
             "mask": self.create_lifecycle_publisher(Image, MASK_TOPIC, RESULT_QOS),
             "centroid": self.create_lifecycle_publisher(PointStamped, CENTROID_TOPIC, RESULT_QOS),
             "debug_image": self.create_lifecycle_publisher(Image, DEBUG_IMAGE_TOPIC, RESULT_QOS),
+            "markers": self.create_lifecycle_publisher(MarkerArray, MARKERS_TOPIC, RESULT_QOS),
             "expression": self.create_publisher(String, ACTIVE_EXPRESSION_TOPIC, ACTIVE_EXPRESSION_QOS),
         }
         if self._result_types is not None:
@@ -367,6 +377,7 @@ class MeresNode(LifecycleNode):
         if self._segment_service is not None:
             self.destroy_service(self._segment_service)
             self._segment_service = None
+        self._tracker = TargetTracker()  # the worker's; replaced when its parameters change
         for name, publisher in self._outputs.items():
             if name == "expression":
                 self.destroy_publisher(publisher)
@@ -439,6 +450,8 @@ class MeresNode(LifecycleNode):
             presence_threshold=value("presence_threshold"),
             ambiguity_ratio=value("ambiguity_ratio"),
             mask_mode=value("mask_mode"),
+            target_smoothing=value("target_smoothing"),
+            target_lost_frames=value("target_lost_frames"),
         )
 
     # Expressions -------------------------------------------------------------------------
@@ -614,7 +627,16 @@ class MeresNode(LifecycleNode):
                     self._problems.report("depth", f"no valid depth inside the mask of {target.expression[:40]!r} "
                                                    f"(NaN, 0 or outside [{settings.depth.depth_range.min_m:g}, "
                                                    f"{settings.depth.depth_range.max_m:g}] m): no 3D centroid")
+        self._track(targets, expressions.request_id, settings)
         self._publish(msg.header, frame, targets, settings, expressions, received_at)
+
+    def _track(self, targets: list[Target], request_id: int, settings: LiveSettings) -> None:
+        """The 3D point of each target as the tracker sees it: smoothed, held or lost."""
+        if (self._tracker.smoothing, self._tracker.lost_after) != (settings.target_smoothing, settings.target_lost_frames):
+            self._tracker = TargetTracker(settings.target_smoothing, settings.target_lost_frames)
+        for index, target in enumerate(targets):
+            state = self._tracker.update(request_id, index, target.point_3d)
+            target.point_3d, target.lost = state.point, state.lost
 
     def _attach_depth(self, frame: Frame, msg: Image, settings: LiveSettings) -> None:
         if not (self._health.count("depth") and self._health.count("camera_info")):
@@ -712,6 +734,9 @@ class MeresNode(LifecycleNode):
         overlay = None
         if settings.publish_debug and debug is not None and debug.get_subscription_count() > 0:
             overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
+        markers = None
+        if self._outputs["markers"].get_subscription_count() > 0:
+            markers = target_markers(header, targets)
         with self._expressions_lock:
             if self._expressions is not expressions or not self._outputs:
                 self._stale_results += 1  # computed for sentences the node no longer holds: never published
@@ -723,6 +748,8 @@ class MeresNode(LifecycleNode):
                 self._outputs["results"].publish(self._result_types[1](header=header, results=results))
             if overlay is not None:
                 debug.publish(overlay)
+            if markers is not None:
+                self._outputs["markers"].publish(markers)
             self._outputs["mask"].publish(mask)
         self._health.published(time.monotonic() - received_at)
 
@@ -743,6 +770,7 @@ class MeresNode(LifecycleNode):
         result.depth_std = float(target.depth_std_m) if target.depth_std_m is not None else math.nan
         result.depth_pixel_count = target.depth_pixel_count
         result.extent.x, result.extent.y, result.extent.z = target.extent_m or (math.nan,) * 3
+        result.target_lost = target.lost
         if target.point_3d is not None:
             result.centroid_3d_valid = True
             result.centroid_3d.x, result.centroid_3d.y, result.centroid_3d.z = target.point_3d

@@ -78,6 +78,7 @@ class Target:
     extent_m: Optional[tuple[float, float, float]] = None  # visible surface's size along x, y, z (m)
     depth_std_m: Optional[float] = None  # spread of the depths depth_m is the median of
     depth_pixel_count: int = 0  # how many there were
+    lost: bool = False  # tracking.TargetTracker: no 3D point for a while (node only)
 
     @property
     def expression(self) -> str:

@@ -794,3 +794,54 @@ def test_segment_service_answers_once_on_the_next_frame(node, checkpoint):
     several = segment_once(client, "a; b", 5.0)
     assert not several.success and "one sentence expected" in several.message
     assert process.alive(), process.log()
+
+
+def test_target_smoothing_holds_then_loses_the_target(oracle_node):
+    _, client = oracle_node
+    depth = lambda mm: np.full((96, 128), mm, np.uint16)  # noqa: E731
+    try:
+        assert set_parameter(client, ORACLE, "target_smoothing", 0.5).successful
+        assert set_parameter(client, ORACLE, "target_lost_frames", 2).successful
+        client.set_expression("the red bar, smoothed")  # a new sentence: a fresh target
+        first = client.request(red_bar_scene(), depth=depth(1500), camera_info=camera_info()).result
+        assert first.centroid_3d.z == pytest.approx(1.5) and first.depth == pytest.approx(1.5)
+        second = client.request(red_bar_scene(), depth=depth(2100), camera_info=camera_info()).result
+        assert second.depth == pytest.approx(2.1) and second.centroid_3d.z == pytest.approx(0.5 * 1.5 + 0.5 * 2.1)
+        held = client.request(red_bar_scene()).result  # no depth for this frame: held
+        assert held.centroid_3d_valid and held.centroid_3d.z == pytest.approx(1.8) and not held.target_lost
+        lost = client.request(red_bar_scene()).result  # the second frame in a row without it: lost
+        assert lost.target_lost and not lost.centroid_3d_valid and lost.found
+    finally:
+        set_parameter(client, ORACLE, "target_smoothing", 0.0)
+        set_parameter(client, ORACLE, "target_lost_frames", 5)
+
+
+def test_rviz_markers_show_the_target_box_and_sentence(oracle_node):
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    _, client = oracle_node
+    received = {}
+    subscription = client.node.create_subscription(
+        MarkerArray, f"/{ORACLE}/markers", lambda m: received.__setitem__(stamp_ns(m.markers[0].header.stamp), m), 10)
+    try:
+        client.set_expression("the red bar")
+        deadline = time.monotonic() + 60
+        while True:  # the node renders markers once it sees the subscription
+            answer = client.request(red_bar_scene(), depth=np.full((96, 128), 1500, np.uint16),
+                                    camera_info=camera_info())
+            client.spin(0.5)
+            if answer.stamp in received:
+                break
+            assert time.monotonic() < deadline, "no markers"
+        clear, box, label = received[answer.stamp].markers
+        result = answer.result
+        assert clear.action == Marker.DELETEALL
+        assert box.type == Marker.CUBE and box.header.frame_id == "camera_color_optical_frame"
+        assert (box.pose.position.x, box.pose.position.y, box.pose.position.z) == \
+            pytest.approx((result.centroid_3d.x, result.centroid_3d.y, result.centroid_3d.z))
+        # The box is the target's extent; its depth extent (a flat plane: 0) at the 1 cm minimum.
+        assert (box.scale.x, box.scale.y, box.scale.z) == pytest.approx((result.extent.x, result.extent.y, 0.01))
+        assert label.type == Marker.TEXT_VIEW_FACING and label.text == "the red bar"
+        assert label.pose.position.y < box.pose.position.y  # above it (y down)
+    finally:
+        client.node.destroy_subscription(subscription)
