@@ -98,17 +98,20 @@ def centroid_on_target(centroid: Optional[tuple[float, float]], gt: np.ndarray) 
     return 0 <= v < gt.shape[0] and 0 <= u < gt.shape[1] and bool(gt[v, u])
 
 
-def calibrate_presence(scores, has_target, thresholds=None) -> dict:
+def calibrate_presence(scores, has_target, thresholds=None, mask_threshold: float = 0.5) -> dict:
     """The presence threshold with the best balanced found / not-found accuracy.
 
     scores: presence score per sentence (0 for an empty mask, see inference.Segmenter.decide);
     has_target: bool per sentence. Returns the threshold, and the absent sentences rejected
-    and present ones found at it.
+    and present ones found at it. A non-empty mask's score is the mean probability of pixels
+    above `mask_threshold`, so the default grid starts there: any lower threshold decides the same.
     """
     scores, has_target = np.asarray(scores, float), np.asarray(has_target, bool)
     if has_target.all() or not has_target.any():
         raise ValueError("calibration needs sentences with and without a target")
-    thresholds = np.linspace(0.3, 0.95, 66) if thresholds is None else np.asarray(thresholds, float)
+    if thresholds is None:
+        thresholds = np.linspace(mask_threshold, 0.95, int(round((0.95 - mask_threshold) * 100)) + 1)
+    thresholds = np.asarray(thresholds, float)
     found = scores[None, :] >= thresholds[:, None]  # (thresholds, sentences); a 0 score is never found
     found &= scores[None, :] > 0
     rejected = (~found[:, ~has_target]).mean(1)

@@ -143,5 +143,7 @@ def test_presence_calibration_picks_the_threshold_that_separates_found_from_abse
     has_target = [True, True, True, True, False, False, False, False]
     best = calibrate_presence(scores, has_target, thresholds=[0.5, 0.65, 0.75, 0.95])
     assert best == {"threshold": 0.65, "absent_rejected": 1.0, "present_found": 1.0}
+    # A non-empty mask scores above the mask threshold: the default grid starts there.
+    assert calibrate_presence(scores, has_target, mask_threshold=0.5)["threshold"] == 0.61  # first above 0.6
     with pytest.raises(ValueError):
         calibrate_presence([0.5], [True])

@@ -139,7 +139,8 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     summary["found_counts"] = {group: total for group, (_, total) in found_correct.items()}
     summary["presence_threshold"] = segmenter.decision.presence_threshold
     if found_correct["absent"][1] and found_correct["present"][1]:
-        summary["presence_calibration"] = calibrate_presence(scores, has_target)
+        summary["presence_calibration"] = calibrate_presence(scores, has_target,
+                                                             mask_threshold=segmenter.decision.mask_threshold)
     if pr is not None:
         summary["auc_pr"] = pr.auc()
     return EvalResult(summary, pr, images)
