@@ -5,6 +5,7 @@ masks must be identical); the lifecycle and parameter tests start their own.
 Nothing here assumes that a best-effort frame arrives: `MeresClient.request`
 resends until answered.
 """
+import contextlib
 import math
 import random
 import signal
@@ -95,14 +96,20 @@ def node_parameters(checkpoint, **overrides):
 
 @pytest.fixture(scope="module")
 def node(ros_context, checkpoint):
-    with NodeProcess(node_parameters(checkpoint)) as process:
-        client = MeresClient(context=ros_context)
-        try:
-            assert client.wait_for_node(90), process.log()
-            yield process, client
-        finally:
-            client.destroy()
-        assert process.alive(), process.log()
+    with NodeProcess(node_parameters(checkpoint)) as process, \
+            connected(process, MeresClient(context=ros_context)) as client:
+        yield process, client
+
+
+@contextlib.contextmanager
+def connected(process: NodeProcess, client: MeresClient):
+    """`client` once the node is active; destroyed afterwards, when the node must still be alive."""
+    try:
+        assert client.wait_for_node(90), process.log()
+        yield client
+    finally:
+        client.destroy()
+    assert process.alive(), process.log()
 
 
 def call(client: MeresClient, service_type, name: str, request, timeout: float = 30.0):
@@ -600,15 +607,11 @@ def oracle_node(ros_context, checkpoint):
     name = ORACLE
     remappings = {topic: f"{name}/{topic}" for topic in ("image", "depth", "camera_info")}
     with NodeProcess(node_parameters(checkpoint, image_reliability="reliable"), node_name=name,
-                     env={"MERES_TEST_RED_ORACLE": "1"}, program=HOOKS, remappings=remappings) as process:
-        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image",
-                             depth_topic=f"{name}/depth", camera_info_topic=f"{name}/camera_info", image_qos=RELIABLE)
-        try:
-            assert client.wait_for_node(90), process.log()
-            yield process, client
-        finally:
-            client.destroy()
-        assert process.alive(), process.log()
+                     env={"MERES_TEST_RED_ORACLE": "1"}, program=HOOKS, remappings=remappings) as process, \
+            connected(process, MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image",
+                                           depth_topic=f"{name}/depth", camera_info_topic=f"{name}/camera_info",
+                                           image_qos=RELIABLE)) as client:
+        yield process, client
 
 
 def test_ambiguous_scene_is_answered_with_both_candidates(oracle_node):
