@@ -103,6 +103,10 @@ class TrainConfig:
     # Step budget: the schedule (poly decay) ends after this many optimizer steps, even
     # mid-epoch. None: epochs x steps per epoch.
     max_steps: Optional[int] = None
+    # Seconds of training steps (train_seconds, summed over resumes) the run may take, e.g. a GPU
+    # lease: once the step rate is measured (after warmup), the step budget shrinks to what fits,
+    # so the poly decay still ends at the last step. None: no time limit.
+    time_budget_s: Optional[float] = None
     batch_size: int = 16  # global, per optimizer step
     accumulation: int = 1  # micro-batches per optimizer step (per rank: batch_size / world / accumulation)
     # fp16: autocast + GradScaler, CUDA only (elsewhere fp32 with a warning: meres_core/device.py)
@@ -150,6 +154,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                          "set data.epoch: sentence with it")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError("max_steps must be >= 1")
+    if cfg.time_budget_s is not None and cfg.time_budget_s <= 0:
+        raise ValueError("time_budget_s must be > 0")
     if cfg.checkpoint_every < 1:
         raise ValueError("checkpoint_every must be >= 1")
     cfg.model_config()  # raises on a bad preset name or model override

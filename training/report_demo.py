@@ -32,9 +32,9 @@ def fixture_scenes(folder: Path) -> Path:
     return folder
 
 
-def evaluate_on(checkpoint: str, root: Path, out: Path) -> dict:
+def evaluate_on(checkpoint: str, root: Path, out: Path, workers: int = 0) -> dict:
     return evaluate.main(["--checkpoint", checkpoint, "--split", "test", "--data-root", str(root), "--dataset", "synth",
-                          "--split-by", "synth", "--num-workers", "0", "--precision", "fp32", "--out", str(out)])
+                          "--split-by", "synth", "--num-workers", str(workers), "--precision", "fp32", "--out", str(out)])
 
 
 def main(argv=None) -> None:
@@ -44,14 +44,16 @@ def main(argv=None) -> None:
     parser.add_argument("--heldout-root", required=True, help="held-out scenes (generated here when missing)")
     parser.add_argument("--out", default="meres_core/weights/meres_demo_eval.json")
     parser.add_argument("--work", default="runs/eval", help="folder for each evaluation's metrics and PR curve")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader processes (the numbers do not depend on it)")
     args = parser.parse_args(argv)
     heldout = Path(args.heldout_root)
     if not (heldout / "meta.json").is_file():
         heldout_scenes.generate(heldout, HELDOUT["images"], seed=HELDOUT["seed"])
     work = Path(args.work)
     report = {"checkpoint": args.checkpoint,
-              "synthetic_test": evaluate_on(args.checkpoint, Path(args.synthetic_root), work / "demo_synthetic_test"),
-              "heldout_test": evaluate_on(args.checkpoint, heldout, work / "demo_heldout_test")}
+              "synthetic_test": evaluate_on(args.checkpoint, Path(args.synthetic_root), work / "demo_synthetic_test",
+                                            args.num_workers),
+              "heldout_test": evaluate_on(args.checkpoint, heldout, work / "demo_heldout_test", args.num_workers)}
     with tempfile.TemporaryDirectory() as tmp:
         fixture = evaluate_on(args.checkpoint, fixture_scenes(Path(tmp)), work / "demo_fixture")
     report["fixture"] = {"scenes": {"generator": "meres-synth", **FIXTURE},

@@ -52,6 +52,7 @@ log = logging.getLogger("training.train")
 ENCODER_PREFIXES = ("vision.backbone.", "text.model.")
 # Swin's relative-position tables are not decayed (Swin / LAVT); nor are biases, norms, tau.
 NO_DECAY_SUFFIXES = ("relative_position_bias_table",)
+RATE_SKIP_STEPS, RATE_STEPS = 5, 20  # time_budget_s: steps skipped, then timed, to measure the step rate
 
 
 # ------------------------------------------------------------------------------ setup
@@ -250,6 +251,8 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0  # position: micro-batches done in `epoch`
         self.best_oiou = -1.0
         self.train_seconds = 0.0  # summed over resumed runs
+        self.budget_applied = False  # time_budget_s has fixed total_steps
+        self.rate_start: Optional[tuple[int, float]] = None  # (step, train_seconds) where rate timing began
         seed_everything(cfg.seed + rt.rank)  # per-rank streams (dropout, drop path)
 
         self.val_loader: Optional[DataLoader] = None
@@ -272,7 +275,8 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "position": self.position, "world_size": self.rt.world_size,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "best_oiou": self.best_oiou,
-            "train_seconds": self.train_seconds,
+            "train_seconds": self.train_seconds, "total_steps": self.total_steps,
+            "budget_applied": self.budget_applied,
         }
         metadata = {"train_config": as_dict(self.cfg), "step": self.step, "epoch": self.epoch,
                     "train_seconds": round(self.train_seconds, 1)}
@@ -295,6 +299,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.best_oiou, self.train_seconds = state["best_oiou"], state["train_seconds"]
+        if state.get("budget_applied"):  # the step budget that time_budget_s fixed before the stop
+            self.total_steps, self.budget_applied = state["total_steps"], True
         if state["world_size"] == self.rt.world_size:
             set_rng_state(state["rng"][self.rt.rank], self.rt.device)
         else:  # data order is still exact only if the per-rank batch is unchanged; RNG streams are not
@@ -334,6 +340,35 @@ class Trainer:
             self.save(["latest.pt"])
 
     # -- training
+
+    def apply_time_budget(self, steps_this_run: int) -> None:
+        """time_budget_s: once the step rate is known, shrink total_steps to what the budget leaves.
+
+        The rate is timed from the RATE_SKIP_STEPS-th step of this process (loader workers and
+        kernels warm up before) over at least RATE_STEPS steps, and not before warmup ends, so
+        the poly decay is set once, before it starts to matter.
+        """
+        if self.cfg.time_budget_s is None or self.budget_applied:
+            return
+        if self.rate_start is None:
+            if steps_this_run >= RATE_SKIP_STEPS:
+                self.rate_start = (self.step, self.train_seconds)
+            return
+        start_step, start_seconds = self.rate_start
+        timed_steps = self.step - start_step
+        if timed_steps < RATE_STEPS or self.step < self.cfg.optim.warmup_steps:
+            return
+        per_step = (self.train_seconds - start_seconds) / timed_steps
+        if self.rt.distributed:  # every rank must stop at the same step: the slowest rank's rate
+            slowest = torch.tensor([per_step], device=self.rt.device)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            per_step = float(slowest.item())
+        fits = self.step + int(max(0.0, self.cfg.time_budget_s - self.train_seconds) / per_step)
+        self.total_steps = max(self.step, min(self.total_steps, fits))
+        self.budget_applied = True
+        if self.rt.is_main:
+            log.info("time budget %.0f s at %.3f s/step: %d steps in all", self.cfg.time_budget_s, per_step,
+                     self.total_steps)
 
     def train_step(self, batches: list[dict]) -> dict[str, float]:
         """One optimizer step over `accumulation` micro-batches (DDP syncs on the last one only)."""
@@ -380,6 +415,7 @@ class Trainer:
                      self.total_steps, counts)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress_bar, dynamic_ncols=True)
         micro_batches_per_epoch = self.steps_per_epoch * cfg.accumulation
+        first_step = self.step
         while self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start=self.position * self.micro_batch)
             batches = iter(self.loader)
@@ -397,6 +433,9 @@ class Trainer:
                 end_of_epoch = self.position == micro_batches_per_epoch
                 if end_of_epoch:  # before any checkpoint, so a resume starts the next epoch
                     self.epoch, self.position = self.epoch + 1, 0
+                if not self.budget_applied:
+                    self.apply_time_budget(self.step - first_step)
+                    bar.total = self.total_steps
                 self.after_step(end_of_epoch)
         bar.close()
         if rt.is_main:
