@@ -17,6 +17,7 @@ deserialized messages, whose `data` is a numpy array).
 from __future__ import annotations
 
 import sys
+from array import array as PyArray
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,5 +221,9 @@ def numpy_to_image(array: np.ndarray, encoding: str, header=None, msg_type=None)
     msg.encoding = encoding
     msg.is_bigendian = int(sys.byteorder == "big" and layout.dtype.itemsize > 1)
     msg.step = msg.width * layout.bytes_per_pixel
-    msg.data = np.ascontiguousarray(array).tobytes()
+    # An array.array('B') is taken as it is; bytes would be copied element by element (and on Humble, or
+    # with ROS_PYTHON_CHECK_FIELDS=1, checked element by element first: ~20 ms for a 640x480 mask).
+    data = PyArray("B")
+    data.frombytes(np.ascontiguousarray(array).tobytes())
+    msg.data = data
     return msg

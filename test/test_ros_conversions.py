@@ -178,3 +178,24 @@ def test_compressed_images_decode_to_rgb():
                               ("16UC1; compressedDepth png", b"x" * 20, "unsupported"), ("bmp", b"BM" * 10, "unsupported")]:
         with pytest.raises(ValueError, match=reason):
             compressed_to_rgb(CompressedImage(format=fmt, data=data))
+
+
+def test_numpy_to_image_hands_over_an_array_not_bytes():
+    """rclpy takes an array.array('B') as it is; bytes it converts (and, with field checks, as on Humble,
+    checks) element by element: ~20 ms per 640x480 mask."""
+    import array
+
+    class Recording(Image):
+        __slots__ = ("given",)
+
+        @Image.data.setter
+        def data(self, value):
+            self.given = value
+            Image.data.fset(self, value)
+
+    mask = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    msg = conversions.numpy_to_image(mask, "mono8", msg_type=Recording)
+    assert isinstance(msg.given, array.array) and msg.given.typecode == "B"
+    np.testing.assert_array_equal(conversions.image_to_numpy(msg), mask)
+    checked = conversions.numpy_to_image(mask[:, ::2], "mono8", msg_type=lambda: Image(check_fields=True))
+    np.testing.assert_array_equal(conversions.image_to_numpy(checked), mask[:, ::2])
