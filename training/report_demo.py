@@ -32,9 +32,10 @@ def fixture_scenes(folder: Path) -> Path:
     return folder
 
 
-def evaluate_on(checkpoint: str, root: Path, out: Path, workers: int = 0) -> dict:
+def evaluate_on(checkpoint: str, root: Path, out: Path, workers: int = 0, limit: int | None = None) -> dict:
     return evaluate.main(["--checkpoint", checkpoint, "--split", "test", "--data-root", str(root), "--dataset", "synth",
-                          "--split-by", "synth", "--num-workers", str(workers), "--precision", "fp32", "--out", str(out)])
+                          "--split-by", "synth", "--num-workers", str(workers), "--precision", "fp32", "--out", str(out),
+                          *(["--limit", str(limit)] if limit else [])])
 
 
 def main(argv=None) -> None:
@@ -45,6 +46,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="meres_core/weights/meres_demo_eval.json")
     parser.add_argument("--work", default="runs/eval", help="folder for each evaluation's metrics and PR curve")
     parser.add_argument("--num-workers", type=int, default=0, help="loader processes (the numbers do not depend on it)")
+    parser.add_argument("--synthetic-limit", type=int,
+                        help="first N sentences of the synthetic test split only (a fixed subset; default: all)")
     args = parser.parse_args(argv)
     heldout = Path(args.heldout_root)
     if not (heldout / "meta.json").is_file():
@@ -52,7 +55,7 @@ def main(argv=None) -> None:
     work = Path(args.work)
     report = {"checkpoint": args.checkpoint,
               "synthetic_test": evaluate_on(args.checkpoint, Path(args.synthetic_root), work / "demo_synthetic_test",
-                                            args.num_workers),
+                                            args.num_workers, args.synthetic_limit),
               "heldout_test": evaluate_on(args.checkpoint, heldout, work / "demo_heldout_test", args.num_workers)}
     with tempfile.TemporaryDirectory() as tmp:
         fixture = evaluate_on(args.checkpoint, fixture_scenes(Path(tmp)), work / "demo_fixture")
