@@ -103,7 +103,7 @@ class ModelConfig:
 @dataclass
 class InferenceConfig:
     device: str = "auto"  # auto | cuda | cpu | cuda:N
-    # auto: fp16 on CUDA, fp32 on CPU. bf16 is an option on CPU.
+    # auto: fp16 on CUDA; bf16 on a CPU with bf16 units (AMX, AVX512-BF16), else fp32 (meres_core/device.py).
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     mask_threshold: float = 0.5
     presence_threshold: float = 0.5

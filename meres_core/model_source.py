@@ -9,6 +9,7 @@ of the same names default to the same values (meres_ros/interface.py reads them 
     --seed N                  seeds those weights, so two processes build the same model
     --device auto|cpu|cuda[:N]
     --precision auto|fp16|bf16|fp32
+    --threads N               CPU threads of the model (0: automatic)
     --mask-threshold / --presence-threshold / --ambiguity-ratio
                               default: the model's own (the inference section of its config)
 
@@ -39,16 +40,20 @@ class ModelSource:
     seed: int = 0  # seeds the initial weights of `preset`
     device: str = "auto"
     precision: str = "auto"
+    threads: int = 0  # CPU threads of the model's kernels (torch intra-op); 0: automatic (cpu_threads)
 
     def describe(self) -> str:
         origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
-        return f"{origin} on device={self.device} precision={self.precision}"
+        threads = f" threads={self.threads}" if self.threads else ""
+        return f"{origin} on device={self.device} precision={self.precision}{threads}"
 
     def load(self) -> "Segmenter":
         """The model, with its own decision settings (callers pass others per call).
         Raises CheckpointError, ValueError (unknown preset or device), OSError."""
+        from .device import set_cpu_threads
         from .inference import Segmenter
 
+        set_cpu_threads(self.threads)  # process-wide, so before the model is built and run
         if self.preset:
             return Segmenter.from_preset(self.preset, seed=self.seed, device=self.device, precision=self.precision)
         return Segmenter.from_checkpoint(self.checkpoint, device=self.device, precision=self.precision)
@@ -60,7 +65,7 @@ class ModelSource:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ModelSource":
         return cls(checkpoint=args.checkpoint, preset=args.preset, seed=args.seed, device=args.device,
-                   precision=args.precision)
+                   precision=args.precision, threads=args.threads)
 
 
 DEFAULT = ModelSource()
@@ -77,7 +82,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"seed of --preset's initial weights (default: {DEFAULT.seed})")
     group.add_argument("--device", default=DEFAULT.device, help=f"auto, cpu, cuda or cuda:N (default: {DEFAULT.device})")
     group.add_argument("--precision", default=DEFAULT.precision, choices=PRECISIONS,
-                       help=f"auto: fp16 on CUDA, fp32 on CPU (default: {DEFAULT.precision})")
+                       help=f"auto: fp16 on CUDA; bf16 on a CPU with bf16 units (AMX, AVX512-BF16), else fp32 (default: {DEFAULT.precision})")
+    group.add_argument("--threads", type=int, default=DEFAULT.threads,
+                       help="CPU threads of the model's kernels; 0: automatic (default: 0)")
 
 
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:

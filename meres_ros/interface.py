@@ -123,8 +123,12 @@ PARAMETERS = {
                                "`checkpoint` (tests, bring-up). Read at configure.")),
     "seed": (DEFAULT_MODEL.seed, _descriptor("Seed of the random weights of `preset`. Read at configure.")),
     "device": (DEFAULT_MODEL.device, _descriptor("Inference device. Read at configure.", constraints="auto, cpu, cuda or cuda:N")),
-    "precision": (DEFAULT_MODEL.precision, _descriptor("Inference precision; auto = fp16 on CUDA, fp32 on CPU. Read at configure.",
+    "precision": (DEFAULT_MODEL.precision, _descriptor("Inference precision; auto = fp16 on CUDA, bf16 on a CPU with bf16 units (AMX, AVX512-BF16), "
+                                                       "else fp32. Read at configure.",
                                       constraints=", ".join(PRECISIONS))),
+    "threads": (DEFAULT_MODEL.threads, _descriptor("CPU threads of the model's kernels (torch intra-op); 0 = torch's default (one per physical "
+                                                   "core, or OMP_NUM_THREADS). "
+                                                   "Read at configure.", int_range=(0, 1024))),
     "mask_threshold": (Parameter.Type.DOUBLE, _descriptor(
         "Probability above which a pixel belongs to the mask. Unset: the model's own "
         "(inference.mask_threshold of its config).", float_range=(0.0, 1.0))),
@@ -141,6 +145,11 @@ PARAMETERS = {
                                        int_range=(1, 64))),
     "max_rate": (10.0, _descriptor("Most frames segmented per second; 0 = as fast as the model runs.",
                                    float_range=(0.0, 1000.0))),
+    "max_result_age": (2.0, _descriptor("Freshness, in camera periods: when the model is slower than the camera and "
+                                        "answering the newest frame would make its result older than this (from the "
+                                        "frame's arrival) while the next frame would be answered in time, the worker "
+                                        "waits for the next frame. 0 = always answer the newest frame at once.",
+                                        float_range=(0.0, 100.0))),
     "mask_mode": ("full", _descriptor("The mask in ~/result and ~/results: full (the image's size), cropped (to the "
                                       "bbox, with its offset in the message) or none; ~/mask stays full.",
                                       constraints=", ".join(MASK_MODES))),
@@ -181,7 +190,7 @@ PARAMETERS = {
 
 # Applied to the running node at once; the others are read at configure / activate.
 LIVE_PARAMETERS = {
-    "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "mask_mode", "publish_debug",
+    "mask_threshold", "presence_threshold", "ambiguity_ratio", "expressions", "max_expressions", "max_rate", "max_result_age", "mask_mode", "publish_debug",
     "use_depth", "depth_scale", "depth_min", "depth_max", "depth_erosion_px", "target_smoothing", "target_lost_frames", "sync_tolerance", "sync_wait",
     "rectified", "max_consecutive_failures", "image_timeout", "problem_log_period",
 }

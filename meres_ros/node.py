@@ -128,7 +128,16 @@ from meres_ros.pipeline import (
 )
 from meres_core.model_source import ModelSource, with_settings
 from meres_ros.markers import target_markers
-from meres_ros.streams import LatchedCopies, LatestSlot, OneShot, OneShotQueue, ProblemLog, StampBuffer, stamp_ns
+from meres_ros.streams import (
+    FramePacer,
+    LatchedCopies,
+    LatestSlot,
+    OneShot,
+    OneShotQueue,
+    ProblemLog,
+    StampBuffer,
+    stamp_ns,
+)
 from meres_ros.tracking import TargetTracker
 
 # The executor wakes at least this often (s), so a signal is handled promptly.
@@ -148,6 +157,7 @@ class LiveSettings:
 
     max_expressions: int
     max_rate: float
+    max_result_age: float  # camera periods; 0: answer the newest frame at once (FramePacer)
     publish_debug: bool
     use_depth: bool
     depth: DepthSettings
@@ -216,10 +226,12 @@ class MeresNode(LifecycleNode):
 
         self._segmenter = None
         self._model_description = "not loaded"
+        self._text_encoder_calls = 0
         self._expressions = Expressions()
         self._expressions_lock = threading.Lock()  # held while a result is checked against them and published
         self._latched_copies = LatchedCopies(LATCHED_COPY_WINDOW_S)
         self._frames = LatestSlot()  # (color Image, monotonic time received)
+        self._pacer = FramePacer()  # waits for a fresher frame when the newest would be answered late
         self._depths = StampBuffer(STAMP_BUFFER_LENGTH)
         self._camera_infos = StampBuffer(STAMP_BUFFER_LENGTH)
         self._last_color_stamp: Optional[int] = None
@@ -261,6 +273,9 @@ class MeresNode(LifecycleNode):
             release_memory()
             return TransitionCallbackReturn.FAILURE
         self._model_description = source.describe()
+        self._text_encoder_calls = 0
+        # Real forward calls of the text encoder (a sentence the Segmenter has cached costs none): /diagnostics.
+        self._segmenter.model.text.register_forward_hook(self._count_text_encoder_call)
         self._health.reset_failures()
         self._model_broken = False
 
@@ -343,6 +358,9 @@ class MeresNode(LifecycleNode):
                                 "configure it again once the cause is fixed")
         self.release()
         return TransitionCallbackReturn.SUCCESS
+
+    def _count_text_encoder_call(self, module, inputs, output) -> None:
+        self._text_encoder_calls += 1
 
     def _take_error_path(self) -> None:
         if self._worker is not None:
@@ -439,6 +457,7 @@ class MeresNode(LifecycleNode):
         return LiveSettings(
             max_expressions=value("max_expressions"),
             max_rate=value("max_rate"),
+            max_result_age=value("max_result_age"),
             publish_debug=value("publish_debug"),
             use_depth=value("use_depth"),
             depth=DepthSettings(scale=value("depth_scale"), depth_range=DepthRange(value("depth_min"), value("depth_max")),
@@ -529,7 +548,9 @@ class MeresNode(LifecycleNode):
             self._depths.clear()
             self._camera_infos.clear()
         self._last_color_stamp = stamp
-        self._frames.put((msg, time.monotonic()))
+        received_at = time.monotonic()
+        self._pacer.arrived(received_at)
+        self._frames.put((msg, received_at))
 
     def _on_depth(self, msg: Image) -> None:
         self._health.received("depth")
@@ -562,12 +583,22 @@ class MeresNode(LifecycleNode):
             if item is None:
                 continue
             settings = self._settings
-            next_start = time.monotonic() + (1.0 / settings.max_rate if settings.max_rate > 0 else 0.0)
+            started = time.monotonic()
+            wait = self._pacer.wait_s(item[1], started, settings.max_result_age)
+            if wait > 0:  # answering this frame would give an old result: the next one is due first
+                fresher = self._frames.take(timeout=wait)
+                if fresher is not None:
+                    self._pacer.skipped += 1
+                    item, started = fresher, time.monotonic()
+            next_start = started + (1.0 / settings.max_rate if settings.max_rate > 0 else 0.0)
             try:
-                self._process(*item, settings)
+                segmented = self._process(*item, settings)
             except Exception as error:  # the model (or a bug) failed on this frame: skip it, count it
                 if self._worker_failed(error):
                     return
+            else:
+                if segmented:
+                    self._pacer.answered(time.monotonic() - started)
 
     def _worker_failed(self, error: Exception) -> bool:
         """Log a failure (with its traceback the first time of its kind); True when the node must stop."""
@@ -589,19 +620,20 @@ class MeresNode(LifecycleNode):
         self._error_path.trigger()
         return True
 
-    def _process(self, msg, received_at: float, settings: LiveSettings) -> None:
+    def _process(self, msg, received_at: float, settings: LiveSettings) -> bool:
+        """Segment one frame and publish; False when there was nothing to segment it for (or it was unusable)."""
         expressions = self._expressions
         segmenter = self._segmenter
         one_shots = self._one_shots.take_due(received_at)
         if not (expressions.texts or one_shots) or segmenter is None:
-            return
+            return False
         try:
             rgb = color_to_rgb(msg)
         except ValueError as error:
             self._problems.report("image", f"color image dropped: {error}")
             for request in one_shots:  # their frame is the next usable one
                 self._one_shots.add(request)
-            return
+            return False
         frame = Frame(rgb)
         if settings.use_depth:
             self._attach_depth(frame, msg, settings)
@@ -619,7 +651,7 @@ class MeresNode(LifecycleNode):
         self._answer_one_shots(one_shots, lambda i: (True, "", self._result_message(
             msg.header, answered[i], one_shots[i].request_id, settings.mask_mode, elapsed)))
         if not streamed:
-            return
+            return True
         targets = streamed
         if frame.depth_m is not None:
             for target in targets:
@@ -629,6 +661,7 @@ class MeresNode(LifecycleNode):
                                                    f"{settings.depth.depth_range.max_m:g}] m): no 3D centroid")
         self._track(targets, expressions.request_id, settings)
         self._publish(msg.header, frame, targets, settings, expressions, received_at)
+        return True
 
     def _track(self, targets: list[Target], request_id: int, settings: LiveSettings) -> None:
         """The 3D point of each target as the tracker sees it: smoothed, held or lost."""
@@ -795,9 +828,11 @@ class MeresNode(LifecycleNode):
             details.update({"device": str(segmenter.device), "precision": str(segmenter.dtype).removeprefix("torch."),
                             "mask_threshold": f"{decision.mask_threshold:g}",
                             "presence_threshold": f"{decision.presence_threshold:g}",
-                            "ambiguity_ratio": f"{decision.ambiguity_ratio:g}"})
+                            "ambiguity_ratio": f"{decision.ambiguity_ratio:g}",
+                            "torch threads": str(torch_threads()), "text encoder calls": str(self._text_encoder_calls)})
         details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"
         details["results dropped for a newer sentence"] = str(self._stale_results)
+        details["frames skipped for a fresher one"] = str(self._pacer.skipped)
         report = self._health.report(self._lifecycle_label(), details, self._frames.dropped)
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[report.level],
                                   name=f"meres_node: {self.get_fully_qualified_name()}",
@@ -806,6 +841,11 @@ class MeresNode(LifecycleNode):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics.publish(array)
+
+
+def torch_threads() -> int:
+    torch = sys.modules.get("torch")  # imported with the model
+    return torch.get_num_threads() if torch is not None else 0
 
 
 def region_of_interest(bbox: tuple[int, int, int, int]) -> RegionOfInterest:

@@ -198,3 +198,69 @@ class OneShotQueue:
         with self._lock:
             requests, self._pending = list(self._pending.values()), {}
             return requests
+
+
+class FramePacer:
+    """Keeps results fresh when the model is slower than the camera: skip a frame for the next one.
+
+    The worker answers the newest frame. With a model slower than one camera period the
+    newest frame has already waited up to a period when the worker takes it, so its result
+    comes out up to (one period + one model call) after the frame arrived. When answering a
+    frame now would make its result older than `max_age_periods` camera periods (counted
+    from its arrival) while the next frame, expected within that period, would be answered in
+    time, the worker waits for that one instead (`wait_s`). It waits at most once per frame
+    answered and only while frames keep coming, so a stopped camera's last frame is answered.
+
+    Camera period and model time are estimates from the last `window` frames (medians of the
+    arrival intervals; a high percentile of the worker's times). Thread-safe: the executor
+    reports arrivals, the worker asks and reports its times.
+    """
+
+    def __init__(self, window: int = 20, time_percentile: float = 90.0):
+        self._arrivals: deque[float] = deque(maxlen=window + 1)
+        self._durations: deque[float] = deque(maxlen=window)
+        self._percentile = time_percentile
+        self._lock = threading.Lock()
+        self.skipped = 0
+
+    def arrived(self, at: float) -> None:
+        with self._lock:
+            self._arrivals.append(at)
+
+    def answered(self, duration_s: float) -> None:
+        """The worker's time for one frame, from taking it to its results going out."""
+        with self._lock:
+            self._durations.append(duration_s)
+
+    def period_s(self) -> Optional[float]:
+        with self._lock:
+            arrivals = list(self._arrivals)
+        if len(arrivals) < 3:
+            return None
+        intervals = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
+        return intervals[len(intervals) // 2]
+
+    def model_s(self) -> Optional[float]:
+        with self._lock:
+            durations = sorted(self._durations)
+        if len(durations) < 3:
+            return None
+        return durations[min(int(len(durations) * self._percentile / 100.0), len(durations) - 1)]
+
+    def wait_s(self, received_at: float, now: float, max_age_periods: float) -> float:
+        """How long to wait for a fresher frame instead of answering the one received at `received_at`; 0: answer it."""
+        if max_age_periods <= 0:
+            return 0.0
+        period, model = self.period_s(), self.model_s()
+        with self._lock:
+            last_arrival = self._arrivals[-1] if self._arrivals else None
+        if period is None or model is None or period <= 0 or last_arrival is None:
+            return 0.0
+        if now - last_arrival > 2.0 * period:  # the camera paused or stopped: answer what is here
+            return 0.0
+        limit = max_age_periods * period
+        waited = now - received_at
+        if waited + model <= limit or model > limit:  # in time; or no frame could be, so no use waiting
+            return 0.0
+        # The next frame is due one period after this one; allow a quarter period of jitter.
+        return max(received_at + 1.25 * period - now, 0.0)

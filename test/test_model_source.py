@@ -41,3 +41,34 @@ def test_decision_settings_replace_only_what_is_given_and_are_checked():
     for bad in ({"ambiguity_ratio": 0.0}, {"mask_threshold": 1.5}, {"presence_threshold": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             with_settings(model, **bad)
+
+
+def test_threads_size_torch_before_the_model_is_built():
+    import torch
+
+    args = segment_args(["--image", "x.png", "--text", "a", "--threads", "2"])
+    assert ModelSource.from_args(args).threads == 2
+    assert PARAMETERS["threads"][0] == DEFAULT.threads == 0
+    before = torch.get_num_threads()
+    try:
+        ModelSource(preset="tiny", device="cpu", precision="fp32", threads=2).load()
+        assert torch.get_num_threads() == 2
+        ModelSource(preset="tiny", device="cpu", precision="fp32").load()  # 0: left as the process has it
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="threads"):
+        ModelSource(preset="tiny", threads=-1).load()
+
+
+def test_auto_precision_is_bf16_on_a_cpu_with_bf16_units(monkeypatch):
+    import torch
+
+    from meres_core import device
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: True)
+    assert device.select_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: False)
+    assert device.select_dtype("auto", cpu) == torch.float32
+    assert device.select_dtype("fp32", cpu) == torch.float32  # asked for: kept

@@ -90,7 +90,7 @@ def reference_segmentation(checkpoint, rgb, expression, presence_threshold=0.0):
 
 
 def node_parameters(checkpoint, **overrides):
-    return {"checkpoint": str(checkpoint), "device": "cpu", "precision": "fp32", "max_rate": 0.0,
+    return {"checkpoint": str(checkpoint), "device": "cpu", "precision": "fp32", "threads": 1, "max_rate": 0.0,
             "presence_threshold": 0.0, **overrides}
 
 
@@ -575,6 +575,7 @@ def test_diagnostics_report_health(node):
     values = {kv.key: kv.value for kv in status.values}
     assert "meres" in status.name and status.hardware_id == "cpu"
     assert values["device"] == "cpu" and values["precision"] == "float32" and "checkpoint" in values["model"]
+    assert values["torch threads"] == "1"  # the threads parameter, applied before the model was built
     assert float(values["latency p50 (ms)"]) > 0 and float(values["latency p95 (ms)"]) >= float(values["latency p50 (ms)"])
     assert {"image rate (Hz)", "depth rate (Hz)", "result rate (Hz)", "frames dropped", "last error"} <= set(values)
     # No image for more than image_timeout (3 s): WARN; images again: OK.
@@ -582,6 +583,27 @@ def test_diagnostics_report_health(node):
     assert "no image" in warning.message
     client.request(scene_image())
     client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK)
+
+
+def test_text_encoder_runs_once_per_sentence_not_per_frame(node):
+    """The node's /diagnostics count real forward calls of the text encoder: none for a sentence it has."""
+    _, client = node
+
+    def calls() -> int:
+        status = client.wait_for_diagnostics(lambda s: any(kv.key == "text encoder calls" for kv in s.values))
+        return int(next(kv.value for kv in status.values if kv.key == "text encoder calls"))
+
+    client.set_expression("the thing nobody else asks for")
+    client.request(scene_image())
+    first = calls()
+    for _ in range(3):
+        client.request(scene_image())
+    client.set_expression("the thing nobody else asks for")  # the same sentence again: a new request, same text
+    client.request(scene_image())
+    assert calls() == first
+    client.set_expression("the thing nobody else asks for; and a second one")
+    client.request(scene_image())
+    assert calls() == first + 1  # one batched call for the one new sentence
 
 
 # Issue 10 --------------------------------------------------------------------------------------

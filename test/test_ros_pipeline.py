@@ -11,7 +11,7 @@ from rclpy.parameter import Parameter
 from meres_ros import health
 from meres_ros.interface import PARAMETERS, parameter_problem
 from meres_ros.pipeline import MAX_EXPRESSION_CHARS, parse_expressions
-from meres_ros.streams import LatchedCopies, LatestSlot, ProblemLog, StampBuffer
+from meres_ros.streams import FramePacer, LatchedCopies, LatestSlot, ProblemLog, StampBuffer
 
 
 def test_parse_expressions():
@@ -170,3 +170,33 @@ def test_one_shot_requests_wait_for_a_frame_received_after_them():
     assert queue.take_due(11.5) == []  # taken once
     assert not queue.discard(7) and queue.discard(8)  # 7 was taken by the worker; 8 times out
     assert queue.take_due(100.0) == [] and queue.take_all() == []
+
+
+def paced(period: float, model: float) -> FramePacer:
+    """A pacer that has seen a camera at `period` s (arrivals up to t = 1.0) and a model taking `model` s."""
+    pacer = FramePacer()
+    for i in range(10):
+        pacer.arrived(1.0 - (9 - i) * period)
+    for _ in range(5):
+        pacer.answered(model)
+    return pacer
+
+
+def test_frame_pacer_waits_for_the_next_frame_only_when_that_answers_fresher():
+    """30 Hz camera, 40 ms model, results at most 2 periods (66.7 ms) old."""
+    period = 1 / 30
+    pacer = paced(period, 0.040)
+    assert pacer.period_s() == pytest.approx(period) and pacer.model_s() == pytest.approx(0.040)
+    # The newest frame arrived 10 ms ago: 50 ms at its answer, in time.
+    assert pacer.wait_s(received_at=1.0, now=1.010, max_age_periods=2.0) == 0.0
+    # It arrived 30 ms ago: 70 ms at its answer. The next one is due 3.3 ms from now: wait for it (and some jitter).
+    wait = pacer.wait_s(received_at=1.0, now=1.030, max_age_periods=2.0)
+    assert period - 0.030 < wait <= 1.25 * period - 0.030 + 1e-9
+    assert pacer.wait_s(received_at=1.0, now=1.030, max_age_periods=0.0) == 0.0  # off
+    assert pacer.wait_s(received_at=1.0, now=1.030, max_age_periods=3.0) == 0.0  # a looser limit
+    # A model slower than the limit: no frame can be in time, so none is skipped (the rate is kept).
+    assert paced(period, 0.080).wait_s(received_at=1.0, now=1.030, max_age_periods=2.0) == 0.0
+    # The camera stopped (nothing for more than two periods): its last frame is answered.
+    assert pacer.wait_s(received_at=1.0, now=1.0 + 3 * period, max_age_periods=2.0) == 0.0
+    # Too little history to know the camera or the model: answer.
+    assert FramePacer().wait_s(received_at=1.0, now=1.030, max_age_periods=2.0) == 0.0
