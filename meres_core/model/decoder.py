@@ -3,6 +3,13 @@
 Stage by stage from F4 up to F1: pixels (query) cross-attend to the guidance set G
 (key / value, padding masked), then the map is upsampled, concatenated with the next
 encoder feature and fused. A final 1x1 projection gives one logit channel at stride 4.
+
+One image serves many sentences: the features may have batch 1 while the guidance has
+batch B (one row per sentence). Whatever depends on the image only runs once: the F4
+projection, and the encoder-feature half of each fusion's first convolution (a convolution
+of a concatenation is the sum of the convolutions of its parts, so the skip and coordinate
+channels are convolved once and broadcast over the sentences instead of being copied B
+times into the concatenation).
 """
 from __future__ import annotations
 
@@ -31,10 +38,22 @@ class GuidedStage(nn.Module):
         self.block = CrossAttentionBlock(channels, num_heads, kv_dim=guidance_dim)
 
     def forward(self, x: torch.Tensor, guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        pixels = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-        pixels = self.block(pixels, guidance, key_padding_mask=guidance_pad)
-        return pixels.transpose(1, 2).reshape(b, c, h, w)
+        _, c, h, w = x.shape
+        pixels = x.flatten(2).transpose(1, 2)  # (1 or B, HW, C)
+        pixels = self.block(pixels, guidance, key_padding_mask=guidance_pad)  # (B, HW, C)
+        return pixels.transpose(1, 2).reshape(pixels.shape[0], c, h, w)
+
+
+def fuse(block: nn.Sequential, x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """`block` (conv_block) on cat([x, shared]), with `shared` (batch 1 or B) convolved once.
+
+    x (B, C_x, H, W) depends on the sentence; shared (1 or B, C_s, H, W) on the image only.
+    """
+    conv = block[0]
+    c_x = x.shape[1]
+    out = F.conv2d(x, conv.weight[:, :c_x], padding=conv.padding) + \
+        F.conv2d(shared, conv.weight[:, c_x:], padding=conv.padding)
+    return block[1:](out)
 
 
 class SegmentationDecoder(nn.Module):
@@ -60,12 +79,13 @@ class SegmentationDecoder(nn.Module):
     def forward(self, features: list[torch.Tensor], guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
         """features [F1..F4] (B, C_i, H_i, W_i); guidance (B, L, D); guidance_pad (B, L) True = ignore.
 
+        The features may have batch 1 for B sentences of one image (see the module docstring).
         Returns logits (B, 1, H_1, W_1).
         """
         f1, f2, f3, f4 = features
         x = self.guided[0](self.input_proj(self._with_coordinates(f4)), guidance, guidance_pad)  # stride 32
         for i, skip in enumerate((f3, f2, f1)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fuse[i](self._with_coordinates(torch.cat([x, skip], dim=1)))
+            x = fuse(self.fuse[i], x, self._with_coordinates(skip))  # = fuse[i](cat([x, skip, (x, y)]))
             x = self.guided[i + 1](x, guidance, guidance_pad)  # strides 16, 8, 4
         return self.head(x)

@@ -36,6 +36,23 @@ def resolve_model_path(name: str) -> str:
     return str(Path(list(spec.submodule_search_locations)[0]) / subdir)
 
 
+def set_fused_window_attention(backbone: nn.Module, enabled: bool) -> int:
+    """Swin's window attention through `F.scaled_dot_product_attention` (enabled) or timm's default.
+
+    timm keeps its Swin on the explicit q @ k^T, + bias, softmax, @ v path unless fused
+    attention is switched on globally as "experimental" (TIMM_FUSED_ATTN=2); the fused kernel
+    gives the same result (relative position bias and shift mask enter as an additive mask)
+    without materializing the (windows, heads, N, N) scores several times. Returns the number
+    of attention modules switched.
+    """
+    from timm.models.swin_transformer import WindowAttention
+
+    modules = [m for m in backbone.modules() if isinstance(m, WindowAttention)]
+    for module in modules:
+        module.fused_attn = enabled
+    return len(modules)
+
+
 class VisionEncoder(nn.Module):
     """timm Swin -> [F1, F2, F3, F4], each (B, C_i, H_i, W_i)."""
 
@@ -57,6 +74,7 @@ class VisionEncoder(nn.Module):
             **overrides,
         )
         self.backbone = self._create(cfg, kwargs, pretrained_required)
+        set_fused_window_attention(self.backbone, True)
         self.channels: list[int] = self.backbone.feature_info.channels()
         # Per-stage LayerNorm on the outputs, as in Swin's segmentation heads (and LAVT).
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)

@@ -61,12 +61,16 @@ class MERES(nn.Module):
         return self.vision(images)
 
     def decode(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor) -> MeresOutput:
-        """features of 1 or B images; text (B, T, D_t). One image is shared by all B sentences."""
+        """features of 1 or B images; text (B, T, D_t). One image is shared by all B sentences.
+
+        Features of one image stay batch 1: what depends only on the image (F_v, the keys and
+        values of pixel attention, the decoder's image-side convolutions) runs once and is
+        broadcast over the sentences, so each extra sentence costs only its own part.
+        """
         b = text.shape[0]
-        features = [f.expand(b, -1, -1, -1) for f in features]
         f4 = append_coordinates(features[-1]) if self.cfg.coord_features else features[-1]
         h, w = f4.shape[-2:]
-        pixels = self.pixel_proj(f4.flatten(2).transpose(1, 2))  # F_v (B, N, D)
+        pixels = self.pixel_proj(f4.flatten(2).transpose(1, 2))  # F_v (1 or B, N, D)
         q_l = self.text_proj(text)  # Q_l (B, T, D)
         pad = ~text_valid
 
@@ -80,7 +84,7 @@ class MERES(nn.Module):
         if self.cfg.guidance == "enhanced_le":
             return self._decode(features, q_hat_l, pad, None, (h, w))
         if self.cfg.guidance == "enhanced_le_all_pixels":
-            guidance = torch.cat([q_hat_l, pixels], dim=1)
+            guidance = torch.cat([q_hat_l, pixels.expand(b, -1, -1)], dim=1)
             guidance_pad = torch.cat([pad, pad.new_zeros(b, pixels.shape[1])], dim=1)
             return self._decode(features, guidance, guidance_pad, None, (h, w))
 
