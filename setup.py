@@ -36,7 +36,9 @@ setup(
     extras_require={
         "train": ["tqdm", "tensorboard", "matplotlib"],
         "ros": ["rosbags"],
-        "dev": ["pytest", "tqdm", "tensorboard", "matplotlib", "rosbags"],
+        # the image path as ONNX (meres_core/export_onnx.py): export (onnx, onnxscript) and onnxruntime
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "tqdm", "tensorboard", "matplotlib", "rosbags", "onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={
         "console_scripts": [

@@ -111,6 +111,10 @@ class InferenceConfig:
     # least this fraction of the most probable part's probability mass (inference.candidate_parts).
     ambiguity_ratio: float = 0.5
     text_cache_size: int = 256
+    # The image path (vision encoder, extractor, decoder) in PyTorch, or an ONNX export of it run
+    # by onnxruntime (meres_core/export_onnx.py); onnx_path: that file (null: exported at start-up).
+    backend: Literal["torch", "onnx"] = "torch"
+    onnx_path: Optional[str] = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ so a dialogue system can ask instead of the robot guessing.
 """
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -102,13 +103,32 @@ def normalize_expression(text: str) -> str:
 
 class Segmenter:
     def __init__(self, model: MERES, cfg: MeresConfig, metadata: dict | None = None,
-                 device: str | None = None, precision: str | None = None):
+                 device: str | None = None, precision: str | None = None,
+                 backend: str | None = None, onnx_path: str | Path | None = None):
+        """device / precision / backend / onnx_path: None takes the config's (`cfg.inference`).
+
+        backend "onnx" runs the image path from `onnx_path` with onnxruntime in fp32 (the
+        language encoder stays in PyTorch, cached); without a path it is exported at start-up.
+        """
         inf = cfg.inference
         self.cfg = cfg
         self.metadata = metadata or {}
         self.device = select_device(device or inf.device)
         self.dtype = select_dtype(precision or inf.precision, self.device)
+        if self.dtype == torch.bfloat16 and self.device.type == "cpu":
+            # bf16 weights, on a copy (the caller's model keeps its dtype): autocast alone would cast
+            # every fp32 weight to bf16 again on each call (no weight cache under inference_mode).
+            model = copy.deepcopy(model).to(torch.bfloat16)
         self.model = model.to(self.device).eval()
+        self.backend = backend or inf.backend
+        self._onnx = None
+        if self.backend == "onnx":
+            from .export_onnx import OnnxImagePath, temporary_export
+
+            path = onnx_path or inf.onnx_path or temporary_export(self.model)
+            self._onnx = OnnxImagePath(path, self.model, self.device)
+        elif self.backend != "torch":
+            raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
         # The model's own decision settings; a call may pass others.
         self.decision = Decision.from_config(inf)
         self.cache_size = inf.text_cache_size
@@ -177,10 +197,14 @@ class Segmenter:
             text, valid = self._text_features(expressions)
             t1 = self._sync()
             pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)
-            features = self.model.encode_image(pixels)
-            t2 = self._sync()
-            logits = self.model.decode(features, text, valid).logits  # (E, 1, h, w)
-            t3 = self._sync()
+            if self._onnx is not None:  # vision, extractor and decoder in one graph: timed as "vision"
+                logits = self._onnx(pixels, text, valid)
+                t2 = t3 = self._sync()
+            else:
+                features = self.model.encode_image(pixels)
+                t2 = self._sync()
+                logits = self.model.decode(features, text, valid).logits  # (E, 1, h, w)
+                t3 = self._sync()
         probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",
                                                   align_corners=False)[:, 0]).cpu().numpy()
         decision = decision or self.decision

@@ -1,0 +1,68 @@
+"""ONNX export of the image path, onnxruntime agreement, and the Segmenter's onnx backend (tiny preset)."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from meres_core.export_onnx import ImagePath, OnnxImagePath, export  # noqa: E402
+from meres_core.inference import Segmenter  # noqa: E402
+
+SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from meres_core.config import load_config
+    from meres_core.model.meres import MERES
+
+    cfg = load_config("tiny", overrides={"model": {"coord_features": True}})
+    torch.manual_seed(0)
+    model = MERES(cfg.model).eval()
+    path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
+    return model, cfg, path
+
+
+def test_onnxruntime_agrees_with_eager_for_any_sentence_and_token_count(exported):
+    model, _, path = exported
+    session = OnnxImagePath(path, model, torch.device("cpu"))
+    assert session.metadata["source"] == "test"
+    pixels = torch.randn(1, 3, 64, 64)
+    for sentences, tokens in ((1, 3), (5, 11)):  # neither is the export example's (2, 6)
+        text = torch.randn(sentences, tokens, model.text.dim)
+        valid = torch.ones(sentences, tokens, dtype=torch.bool)
+        valid[-1, 2:] = False
+        with torch.inference_mode():
+            eager = ImagePath(model)(pixels, text, valid)
+        torch.testing.assert_close(session(pixels, text, valid), eager, atol=1e-4, rtol=1e-4)
+
+
+def test_segmenter_onnx_backend_gives_the_torch_masks(exported, scene):
+    model, cfg, path = exported
+    eager = Segmenter(model, cfg, device="cpu", precision="fp32").segment(scene, SENTENCES)
+    onnx = Segmenter(model, cfg, device="cpu", precision="fp32", backend="onnx", onnx_path=path)
+    assert onnx.backend == "onnx"
+    for a, b in zip(eager, onnx.segment(scene, SENTENCES)):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+        assert (a.mask == b.mask).all() and a.found == b.found
+
+
+def test_backend_comes_from_the_config(exported, scene):
+    model, cfg, path = exported
+    cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, backend="onnx", onnx_path=str(path)))
+    assert Segmenter(model, cfg, device="cpu")._onnx is not None
+
+
+def test_a_file_exported_for_another_model_is_refused(exported):
+    from meres_core.config import load_config
+    from meres_core.model.meres import MERES
+
+    _, _, path = exported
+    other = MERES(load_config("tiny", overrides={"model": {"vision": {"img_size": 96}}}).model)
+    with pytest.raises(ValueError, match="another model"):
+        OnnxImagePath(path, other, torch.device("cpu"))
+    with pytest.raises(ValueError, match="backend"):
+        Segmenter(other, load_config("tiny"), device="cpu", backend="tensorrt")
