@@ -14,10 +14,8 @@ test:  ## the default test suite (CPU, < 15 minutes on 2 cores)
 test-all:  ## include the slow tests
 	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m pytest -q -m "slow or not slow"
 
-bench:  ## inference and training benchmarks, JSON under out/bench
-	@venv=$$(scripts/setup_venv.sh); mkdir -p out/bench; \
-	$$venv/bin/python bench/bench_inference.py | tee out/bench/inference.json; \
-	$$venv/bin/python bench/bench_train.py | tee out/bench/train.json
+bench:  ## every benchmark section (model, onnx, node, train), one JSON: out/bench/bench.json
+	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m bench --out out/bench/bench.json
 
 venv:  ## print the venv path (creating it if needed)
 	@scripts/setup_venv.sh

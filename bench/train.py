@@ -1,4 +1,4 @@
-"""Training throughput per preset (samples/s), JSON on stdout.
+"""Train section: training throughput per preset (samples/s).
 
 Runs the trainer's own step (forward, losses, backward, clipping, AdamW, scheduler) on
 batches of synthetic scenes generated into a temporary folder, and times the data
@@ -7,13 +7,13 @@ loading separately:
   - loader_samples_per_s: reading, decoding and resizing samples (one process),
   - end_to_end_samples_per_s: both, serially (the num_workers=0 bound).
 
-    python bench/bench_train.py [--presets tiny demo] [--batch-size 8] [--steps 5] [--threads 1]
+    python -m bench.train [--presets tiny demo] [--batch-size 8] [--steps 5] [--threads 1]
+    (in `python -m bench`: tiny and demo, 5 steps; --quick: tiny, 2 steps)
 """
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +24,8 @@ import torch
 from meres_core.data.synthetic import generate
 from training.config import load_train_config
 from training.train import Runtime, Trainer
+
+from .common import machine
 
 SYNTHETIC_IMAGES = 12  # enough sentences for a few batches of 8
 
@@ -63,6 +65,18 @@ def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, devi
     }
 
 
+def measure(presets: list[str], batch_size: int, steps: int, device: torch.device) -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="meres_bench_train_") as tmp:
+        generate(tmp, SYNTHETIC_IMAGES, seed=0, depth=False, split_fractions=(1.0, 0.0, 0.0))
+        return [bench_preset(p, Path(tmp), batch_size, steps, device) for p in presets]
+
+
+def run(quick: bool, device: str = "cpu") -> dict:
+    presets, steps = (["tiny"], 2) if quick else (["tiny", "demo"], 5)
+    results = measure(presets, 8, steps, torch.device(device))
+    return {"targets": {}, "measurements": {"device": device, "threads": torch.get_num_threads(), "results": results}}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "demo"])
@@ -73,14 +87,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    with tempfile.TemporaryDirectory(prefix="meres_bench_train_") as tmp:
-        generate(tmp, SYNTHETIC_IMAGES, seed=0, depth=False, split_fractions=(1.0, 0.0, 0.0))
-        results = [bench_preset(p, Path(tmp), args.batch_size, args.steps, device) for p in args.presets]
-    print(json.dumps({
-        "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(), "results": results,
-    }, indent=1))
+    results = measure(args.presets, args.batch_size, args.steps, torch.device(args.device))
+    print(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                      "machine": machine(), "results": results}, indent=1))
 
 
 if __name__ == "__main__":

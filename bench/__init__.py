@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench [--quick] [--out FILE] [--device cpu|cuda]` (bench/__main__.py)."""

@@ -1,0 +1,131 @@
+"""ONNX section: the exported image path under onnxruntime (CPU) against eager PyTorch, same inputs.
+
+    python -m bench.onnx [--quick] [--out FILE]
+
+  demo     the shipped demo model: export, masks of both backends through the `Segmenter` on
+           meres-synth scenes (IoU), and the image path timed side by side (1 and 4 sentences,
+           cached text features as inputs): onnxruntime fp32 vs eager fp32, and eager at the
+           Segmenter's default CPU precision
+  paper    (full run only) the same timing for `paper`@480 with random weights
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import fixture_samples, interleaved, machine, mask_iou, ratio, target
+
+
+def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str) -> dict:
+    """eager (fp32, and the default precision) vs onnxruntime on one frame's pixels and cached text."""
+    import torch
+
+    from meres_core.data.transforms import preprocess_image
+    from meres_core.device import autocast
+    from meres_core.export_onnx import ImagePath, OnnxImagePath
+    from meres_core.inference import Segmenter
+
+    from .model import SENTENCES, frame
+
+    model = segmenter.model
+    session = OnnxImagePath(onnx_path, model, segmenter.device)
+    default = Segmenter(model, segmenter.cfg, device=device)  # the config's precision (auto)
+    eager, eager_default = ImagePath(model), ImagePath(default.model)
+    pixels = preprocess_image(frame(3), model.cfg.vision.img_size)[None].to(device)
+    candidates = {}
+    for k in (1, 4):
+        text, valid = segmenter._text_features(SENTENCES[:k])
+        candidates[f"eager_fp32_k{k}"] = lambda t=text, v=valid: eager(pixels, t, v)
+        candidates[f"onnxruntime_k{k}"] = lambda t=text, v=valid: session(pixels, t, v)
+
+        def default_precision(t=text, v=valid):
+            with autocast(default.dtype, default.device):
+                eager_default(pixels, t, v)
+
+        candidates[f"eager_{str(default.dtype).removeprefix('torch.')}_k{k}"] = default_precision
+    with torch.inference_mode():
+        times = interleaved(candidates, rounds=rounds, device=device)
+    return {"times": times, "providers": session.session.get_providers(),
+            "onnxruntime_over_eager_k1": round(ratio(times, "onnxruntime_k1", "eager_fp32_k1"), 3),
+            "onnxruntime_over_eager_k4": round(ratio(times, "onnxruntime_k4", "eager_fp32_k4"), 3)}
+
+
+def demo(quick: bool, device: str, folder: Path) -> dict:
+    import onnxruntime
+
+    from meres_core.checkpoint import build_from_checkpoint
+    from meres_core.export_onnx import export
+    from meres_core.inference import Decision, Segmenter
+
+    model, cfg, metadata = build_from_checkpoint("demo")
+    start = time.perf_counter()
+    path = export(model, folder / "meres_demo.onnx", {"source": "checkpoint demo"})
+    export_s = time.perf_counter() - start
+    eager = Segmenter(model, cfg, metadata, device=device, precision="fp32")
+    onnx = Segmenter(model, cfg, metadata, device=device, precision="fp32", backend="onnx", onnx_path=path)
+    decision = Decision.from_config(cfg.inference)
+    ious, max_abs = [], 0.0
+    samples = fixture_samples(folder / "scenes", images=4 if quick else 12)
+    for image, texts in samples:
+        for a, b in zip(eager.segment(image, texts, decision), onnx.segment(image, texts, decision)):
+            ious.append(mask_iou(a.mask, b.mask))
+            max_abs = max(max_abs, float(np.abs(a.probability - b.probability).max()))
+    return {"checkpoint": "demo", "onnxruntime": onnxruntime.__version__, "export_s": round(export_s, 1),
+            "onnx_bytes": path.stat().st_size, "scenes": len(samples), "sentences": len(ious),
+            "mean_mask_iou": round(float(np.mean(ious)), 4), "min_mask_iou": round(float(np.min(ious)), 4),
+            "max_abs_probability_difference": float(f"{max_abs:.3g}"),
+            **image_path_times(eager, path, 10 if quick else 30, device)}
+
+
+def paper(device: str, folder: Path) -> dict:
+    import torch
+
+    from meres_core.config import load_config
+    from meres_core.export_onnx import export
+    from meres_core.inference import Segmenter
+    from meres_core.model.meres import MERES
+
+    from .model import RANDOM_WEIGHTS
+
+    cfg = load_config("paper", overrides=RANDOM_WEIGHTS)
+    torch.manual_seed(0)
+    model = MERES(cfg.model)
+    start = time.perf_counter()
+    path = export(model, folder / "paper.onnx", {"source": "preset paper seed 0"})
+    export_s = time.perf_counter() - start
+    eager = Segmenter(model, cfg, device=device, precision="fp32")
+    return {"preset": "paper", "export_s": round(export_s, 1), **image_path_times(eager, path, 5, device)}
+
+
+def run(quick: bool, device: str = "cpu") -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
+        measurements = {"machine": machine(), "demo": demo(quick, device, Path(tmp))}
+        if not quick:
+            measurements["paper"] = paper(device, Path(tmp))
+    d = measurements["demo"]
+    agree = "" if d["mean_mask_iou"] >= 0.98 else f" (masks disagree: mean IoU {d['mean_mask_iou']})"
+    targets = {"onnxruntime_over_eager": target(
+        d["onnxruntime_over_eager_k1"] if d["mean_mask_iou"] >= 0.98 else None, 1.0,
+        note=f"demo model, image path, 1 sentence, fp32 both; masks mean IoU {d['mean_mask_iou']}{agree}")}
+    return {"targets": targets, "measurements": measurements}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    report = json.dumps(run(args.quick, args.device), indent=1)
+    if args.out:
+        Path(args.out).write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
