@@ -189,7 +189,8 @@ class MeresClient:
         self.debug_images: dict[int, Image] = {}
         self.with_debug_image = with_debug_image
         self.active_expression: Optional[str] = None
-        self.diagnostics: list[DiagnosticStatus] = []  # this node's statuses, oldest first
+        self.diagnostics: list[DiagnosticStatus] = []  # this node's statuses, oldest first (the last 100)
+        self._diagnostics_received = 0
         topic = functools.partial(output_topic, node_name)
         self.node.create_subscription(Image, topic(MASK_TOPIC), self._on_mask, keep)
         self.node.create_subscription(PointStamped, topic(CENTROID_TOPIC), lambda m: self._store(self.centroids, m), keep)
@@ -219,18 +220,21 @@ class MeresClient:
         self.active_expression = msg.data
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        self.diagnostics += [s for s in msg.status if s.name.endswith(self._diagnostics_name)]
+        mine = [s for s in msg.status if s.name.endswith(self._diagnostics_name)]
+        self.diagnostics += mine
+        self._diagnostics_received += len(mine)
         del self.diagnostics[:-100]
 
     def wait_for_diagnostics(self, accept, timeout: float = 60.0) -> DiagnosticStatus:
         """The first of this node's statuses, from now on, for which `accept(status)` holds."""
-        seen = len(self.diagnostics)
+        seen = self._diagnostics_received  # counted, not len(diagnostics): that stops growing at 100
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for status in self.diagnostics[seen:]:
+            new = self._diagnostics_received - seen
+            for status in self.diagnostics[len(self.diagnostics) - min(new, len(self.diagnostics)):]:
                 if accept(status):
                     return status
-            seen = len(self.diagnostics)
+            seen += new
             self.spin(0.1)
         last = self.diagnostics[-1] if self.diagnostics else None
         raise TimeoutError(f"no matching /diagnostics status within {timeout} s; last: "

@@ -606,6 +606,26 @@ def test_text_encoder_runs_once_per_sentence_not_per_frame(node):
     assert calls() == first + 1  # one batched call for the one new sentence
 
 
+def test_client_waits_for_diagnostics_after_its_first_hundred(ros_context):
+    """MeresClient keeps the last 100 statuses; a wait after more than that still sees the next one."""
+    from diagnostic_msgs.msg import DiagnosticArray, KeyValue
+
+    client = MeresClient(context=ros_context, node_name="meres_diagnostics_only")
+    try:
+        def status(value: str) -> DiagnosticArray:
+            return DiagnosticArray(status=[DiagnosticStatus(name="meres_node: /meres_diagnostics_only",
+                                                            values=[KeyValue(key="n", value=value)])])
+
+        for i in range(150):
+            client._on_diagnostics(status(str(i)))
+        timer = client.node.create_timer(0.2, lambda: client._on_diagnostics(status("next")))
+        found = client.wait_for_diagnostics(lambda s: s.values[0].value in ("149", "next"), timeout=10)
+        assert found.values[0].value == "next"  # from now on: not one received before the wait
+        client.node.destroy_timer(timer)
+    finally:
+        client.destroy()
+
+
 # Issue 10 --------------------------------------------------------------------------------------
 
 
