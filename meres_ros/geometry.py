@@ -162,18 +162,20 @@ EXTENT_PERCENTILES = (5.0, 95.0)
 
 
 def surface_extent(depth_m: np.ndarray, mask: np.ndarray, camera: PinholeCamera,
-                   depth_range: DepthRange = DepthRange(), min_valid_pixels: int = 5) -> Optional[tuple[float, float, float]]:
+                   depth_range: DepthRange = DepthRange(), min_valid_pixels: int = 5,
+                   offset: tuple[int, int] = (0, 0)) -> Optional[tuple[float, float, float]]:
     """Size (m) along x, y, z of the optical frame of the visible surface under `mask`.
 
     Every valid depth pixel of the mask is deprojected; each axis' extent is the span between
     the EXTENT_PERCENTILES of the points' coordinates: 90% of the points, so slightly under the
     full size of an evenly covered object, and not the object's hidden back. None when fewer
-    than `min_valid_pixels` pixels have a valid depth.
+    than `min_valid_pixels` pixels have a valid depth. `offset`: (x, y) of depth_m / mask's top-left
+    pixel in the camera image, when they are a window of it.
     """
     v, u = np.nonzero(mask.astype(bool) & valid_depth(depth_m, depth_range))
     if u.size < min_valid_pixels:
         return None
-    points = camera.deproject_pixels(u, v, depth_m[v, u])
+    points = camera.deproject_pixels(u + offset[0], v + offset[1], depth_m[v, u])
     low, high = np.percentile(points, EXTENT_PERCENTILES, axis=0)
     return tuple(float(x) for x in high - low)
 

@@ -178,19 +178,31 @@ def segment_frame(segmenter: "Segmenter", frame: Frame, expressions: Sequence[st
         centroid = target.pixel_centroid
         if centroid is None:
             continue
-        part = target.segmentation.part
-        target.axis_angle, target.axis_ratio = principal_axis(part)
+        # The part's box, widened by the erosion radius: every pixel the part's geometry reads is inside, so
+        # the window gives the full image's answers at a fraction of the cost (a 640x480 frame per step).
+        rows, cols = part_window(target.bbox, target.segmentation.part.shape, depth_settings.erosion_px + 1)
+        part = target.segmentation.part[rows, cols]
+        target.axis_angle, target.axis_ratio = principal_axis(part)  # central moments: the window's own origin
         if frame.depth_m is None or frame.camera is None:
             continue
         # Depth of the same connected part the centroid comes from, not of the whole mask.
-        depths = depth_samples(frame.depth_m, part, depth_settings.depth_range, depth_settings.erosion_px)
+        depth_m = frame.depth_m[rows, cols]
+        depths = depth_samples(depth_m, part, depth_settings.depth_range, depth_settings.erosion_px)
         if depths is None:
             continue
         target.depth_m = float(np.median(depths))
         target.depth_std_m, target.depth_pixel_count = float(np.std(depths)), int(depths.size)
         target.point_3d = frame.camera.deproject(centroid[0], centroid[1], target.depth_m)
-        target.extent_m = surface_extent(frame.depth_m, part, frame.camera, depth_settings.depth_range)
+        target.extent_m = surface_extent(depth_m, part, frame.camera, depth_settings.depth_range,
+                                         offset=(cols.start, rows.start))
     return targets
+
+
+def part_window(bbox: tuple[int, int, int, int], shape: Sequence[int], margin: int) -> tuple[slice, slice]:
+    """(rows, cols) of the inclusive box `bbox` = (x0, y0, x1, y1) widened by `margin`, within an image of `shape`."""
+    x0, y0, x1, y1 = bbox
+    return (slice(max(y0 - margin, 0), min(y1 + margin + 1, shape[0])),
+            slice(max(x0 - margin, 0), min(x1 + margin + 1, shape[1])))
 
 
 # What a result message carries as its mask: the whole image's, the bbox's window of it, or none.

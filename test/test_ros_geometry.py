@@ -191,3 +191,47 @@ def test_deproject_pixels_agrees_with_deproject_through_the_lens():
     points = camera.deproject_pixels(u, v, z)
     for i in range(3):
         assert tuple(points[i]) == pytest.approx(camera.deproject(u[i], v[i], z[i]), abs=1e-9)
+
+
+def test_segment_frame_reads_each_part_in_its_window_with_the_full_images_answers():
+    """segment_frame measures a part (axis, depth, extent) in the part's box widened by the erosion radius
+    (pipeline.part_window), never the whole frame; its answers are those of the whole frame, also for a
+    part on the image border and with lens distortion."""
+    import cv2
+
+    from meres_core.inference import Decision, Segmenter
+    from meres_ros.geometry import depth_samples, principal_axis, surface_extent
+    from meres_ros.pipeline import DepthSettings, Frame, part_window, segment_frame
+
+    height, width = 120, 160
+    probability = np.zeros((height, width), np.float32)
+    cv2.ellipse(probability, (40, 60), (25, 9), 30, 0, 360, 0.9, -1)  # tilted, inside
+    cv2.circle(probability, (155, 5), 12, 0.8, -1)  # cut by the top-right corner
+    rng = np.random.default_rng(0)
+    depth_m = (1.0 + 0.3 * rng.random((height, width))).astype(np.float32)
+    depth_m[::7, ::5] = np.nan
+    camera = PinholeCamera(fx=110.0, fy=100.0, cx=80.0, cy=60.0, distortion=(-0.2, 0.05, 0.001, -0.002, 0.0))
+
+    class Stub:  # a Segmenter whose probability maps are given
+        decision = Decision(0.5, 0.5, 0.9)
+
+        def __init__(self, maps):
+            self.maps = maps
+
+        def segment(self, image, expressions, decision=None):
+            return [Segmenter.decide(self, e, self.maps[e], decision) for e in expressions]
+
+    only = {"inside": np.where(np.arange(width) < 100, probability, 0),
+            "corner": np.where(np.arange(width) >= 100, probability, 0)}
+    settings = DepthSettings(erosion_px=3)
+    frame = Frame(np.zeros((height, width, 3), np.uint8), depth_m, camera)
+    for target in segment_frame(Stub(only), frame, ["inside", "corner"], settings):
+        part = target.segmentation.part
+        assert target.found and part.sum() > 50
+        assert (target.axis_angle, target.axis_ratio) == pytest.approx(principal_axis(part), abs=1e-9)
+        depths = depth_samples(depth_m, part, settings.depth_range, settings.erosion_px)
+        assert target.depth_m == pytest.approx(float(np.median(depths)), abs=1e-9)
+        assert target.depth_pixel_count == depths.size and target.depth_std_m == pytest.approx(float(np.std(depths)))
+        assert target.extent_m == pytest.approx(surface_extent(depth_m, part, camera, settings.depth_range), abs=1e-9)
+    rows, cols = part_window((150, 0, 159, 16), (height, width), 4)
+    assert (rows, cols) == (slice(0, 21), slice(146, 160))
