@@ -587,6 +587,8 @@ class MeresNode(LifecycleNode):
             wait = self._pacer.wait_s(item[1], started, settings.max_result_age)
             if wait > 0:  # answering this frame would give an old result: the next one is due first
                 fresher = self._frames.take(timeout=wait)
+                if self._stop_worker.is_set():
+                    break
                 if fresher is not None:
                     self._pacer.skipped += 1
                     item, started = fresher, time.monotonic()
