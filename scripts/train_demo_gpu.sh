@@ -14,10 +14,13 @@ config=training/configs/demo_synth_gpu.yaml
 run=runs/demo_gpu
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 
+mkdir -p runs
 if [[ ! -f $run/data/meta.json ]]; then  # same arguments as the config's data.synthetic
   $py -m meres_core.data.synthetic --out $run/data --images 12000 --seed 0 --no-depth --absent-fraction 0.15 \
     --workers $((workers + 1))
 fi
+# init_from: the CPU stage, i.e. the demo model shipped before the GPU run.
+[[ -f runs/demo_cpu_stage.pt ]] || git show 121a084:meres_core/weights/meres_demo.pt > runs/demo_cpu_stage.pt
 resume=(); [[ -f $run/latest.pt ]] && resume=(--resume)
 $py -m training.train --config $config --set data.num_workers=$workers "${resume[@]}" "$@"
 
