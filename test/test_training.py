@@ -355,6 +355,7 @@ def test_time_budget_shrinks_the_step_budget_and_the_decay_ends_with_it(tmp_path
     assert state["train_seconds"] < 3 * budget  # the budget held (loosely: the CPU is shared)
     lrs = scalars(tmp_path / "budget", "lr/head")
     assert lrs[-1] < 0.1 * max(lrs)  # poly decay reached its end at the shortened last step
+    assert "it/s" not in proc.stderr and "s/it" not in proc.stderr  # no progress bar into a pipe or log file
 
 
 def free_port() -> int:

@@ -112,7 +112,8 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     scores, has_target = [], []  # for the presence-threshold calibration
     images: list[np.ndarray] = []
     batches = predict(model, loader, device, resolution, dtype)
-    for batch, probabilities, targets in tqdm(batches, total=len(loader), disable=not progress, desc="evaluate"):
+    bar = tqdm(batches, total=len(loader), desc="evaluate", disable=None if progress else True)  # None: terminals only
+    for batch, probabilities, targets in bar:
         for i, (probability, target) in enumerate(zip(probabilities, targets)):
             result = segmenter.decide(batch["sentence"][i], probability)
             metrics.update(result.mask, target, batch["kind"][i], found=result.found, centroid=result.centroid)

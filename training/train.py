@@ -413,7 +413,9 @@ class Trainer:
             log.info("%s: %d ranks x micro-batch %d x %d accumulation; %d steps/epoch, %d steps; params %s",
                      cfg.preset, rt.world_size, self.micro_batch, cfg.accumulation, self.steps_per_epoch,
                      self.total_steps, counts)
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress_bar, dynamic_ncols=True)
+        # disable=None: no bar when stderr is not a terminal (nohup logs, pipes), where each redraw is text.
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if self.progress_bar else True,
+                   dynamic_ncols=True)
         micro_batches_per_epoch = self.steps_per_epoch * cfg.accumulation
         first_step = self.step
         while self.step < self.total_steps:
