@@ -462,14 +462,16 @@ def main(argv=None) -> None:
     rt = setup_runtime(cfg.device)
     if not rt.is_main:
         logging.getLogger().setLevel(logging.WARNING)
-    try:
-        trainer = Trainer(cfg, rt)
-        if args.resume:
-            trainer.resume()
-        trainer.fit()
-    finally:
-        if rt.distributed:
-            dist.destroy_process_group()
+    trainer = Trainer(cfg, rt)
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    if rt.distributed:
+        # Every rank is done (rank 0 writes the last checkpoint) before the group goes: a rank that
+        # tore down while rank 0 still worked was seen to abort in C++ teardown. Only on success, as
+        # torchtitan does: a collective teardown beside a failed rank would hang instead of failing.
+        rt.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
