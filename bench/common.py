@@ -31,6 +31,22 @@ def machine() -> dict:
     return info
 
 
+def section_main(run: Callable[[bool, str], dict], description: str, argv=None) -> None:
+    """`python -m bench.<section> [--quick] [--device D] [--out FILE]`: one section's JSON on stdout."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
+    report = json.dumps(run(args.quick, args.device), indent=1)
+    if args.out:
+        Path(args.out).write_text(report)
+    print(report)
+
+
 def target(value: Optional[float], limit: float, op: str = "<=", note: str = "") -> dict:
     """One target: {"value", "target", "op", "ok"} (+ "note"); a missing value is not ok."""
     checks = {"<=": lambda v: v <= limit, "<": lambda v: v < limit, ">=": lambda v: v >= limit, "==": lambda v: v == limit}

@@ -13,14 +13,12 @@ Measured side by side in one process (round-robin, medians), random weights unle
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .common import best, fixture_samples, interleaved, machine, mask_iou, ratio, target
+from .common import best, fixture_samples, interleaved, machine, mask_iou, ratio, section_main, target
 
 SENTENCES = ["the red mug left of the laptop", "the blue bowl", "the second star from the left",
              "the smaller green circle near the top", "the banana", "the box behind the cup",
@@ -206,15 +204,7 @@ def run(quick: bool, device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
-    report = json.dumps(run(args.quick, args.device), indent=1)
-    if args.out:
-        Path(args.out).write_text(report)
-    print(report)
+    section_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from .common import target
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -84,16 +85,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def target(value, limit: float, op: str = "<=", note: str = "") -> dict:
-    """One target as bench/common.py writes them: {"value", "target", "op", "ok"} (+ "note")."""
-    checks = {"<=": lambda v: v <= limit, "<": lambda v: v < limit, ">=": lambda v: v >= limit, "==": lambda v: v == limit}
-    ok = value is not None and bool(checks[op](value))
-    result = {"value": None if value is None else round(float(value), 4), "target": limit, "op": op, "ok": ok}
-    if note:
-        result["note"] = note
-    return result
 
 
 # -- startup ------------------------------------------------------------------------------------

@@ -10,15 +10,13 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .common import fixture_samples, interleaved, machine, mask_iou, ratio, target
+from .common import fixture_samples, interleaved, machine, mask_iou, ratio, section_main, target
 
 
 def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str) -> dict:
@@ -119,15 +117,7 @@ def run(quick: bool, device: str = "cpu") -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out")
-    args = parser.parse_args(argv)
-    report = json.dumps(run(args.quick, args.device), indent=1)
-    if args.out:
-        Path(args.out).write_text(report)
-    print(report)
+    section_main(run, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
