@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The demo model on one GPU, end to end (training/configs/demo_synth_gpu.yaml):
-# scenes -> training (resumes a stopped run) -> presence calibration on val -> fp16 export.
+# training (generates the scenes first; resumes a stopped run) -> presence calibration on val -> fp16 export.
 # Everything lands in runs/demo_gpu. Then record the evaluation and ship (README "Demo model"):
 #   python -m training.report_demo --checkpoint runs/demo_gpu/meres_demo.pt --synthetic-root runs/demo_gpu/data \
-#       --heldout-root runs/heldout_scenes --out runs/demo_gpu/meres_demo_eval.json --num-workers 8
+#       --heldout-root runs/heldout_scenes --out runs/demo_gpu/meres_demo_eval.json --synthetic-limit 4000 --num-workers 8
 #   cp runs/demo_gpu/meres_demo.pt runs/demo_gpu/meres_demo_eval.json meres_core/weights/
 #
 #   scripts/train_demo_gpu.sh [--set KEY=VALUE ...]     # extra arguments go to training.train
@@ -14,11 +14,7 @@ config=training/configs/demo_synth_gpu.yaml
 run=runs/demo_gpu
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 
-mkdir -p runs
-if [[ ! -f $run/data/meta.json ]]; then  # same arguments as the config's data.synthetic
-  $py -m meres_core.data.synthetic --out $run/data --images 12000 --seed 0 --no-depth --absent-fraction 0.15 \
-    --workers $((workers + 1))
-fi
+mkdir -p runs  # training.train generates the config's scenes first (one process per core)
 # init_from: the CPU stage, i.e. the demo model shipped before the GPU run.
 [[ -f runs/demo_cpu_stage.pt ]] || git show 121a084:meres_core/weights/meres_demo.pt > runs/demo_cpu_stage.pt
 resume=(); [[ -f $run/latest.pt ]] && resume=(--resume)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -30,8 +31,9 @@ def ensure_synthetic(data: DataConfig) -> None:
     refs = Path(data.root) / data.dataset / f"refs({data.split_by}).p"
     if refs.is_file():
         return
-    log.info("generating %d synthetic images under %s", data.synthetic.num_images, data.root)
-    generate(data.root, **dataclasses.asdict(data.synthetic))
+    workers = os.cpu_count() or 1  # the scenes do not depend on the number of processes
+    log.info("generating %d synthetic images under %s (%d processes)", data.synthetic.num_images, data.root, workers)
+    generate(data.root, **dataclasses.asdict(data.synthetic), workers=workers)
 
 
 # The published benchmarks: evaluating on them must score every sample, never skip one.

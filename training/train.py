@@ -435,9 +435,8 @@ class Trainer:
                 end_of_epoch = self.position == micro_batches_per_epoch
                 if end_of_epoch:  # before any checkpoint, so a resume starts the next epoch
                     self.epoch, self.position = self.epoch + 1, 0
-                if not self.budget_applied:
-                    self.apply_time_budget(self.step - first_step)
-                    bar.total = self.total_steps
+                self.apply_time_budget(self.step - first_step)
+                bar.total = self.total_steps
                 self.after_step(end_of_epoch)
         bar.close()
         if rt.is_main:
