@@ -145,8 +145,10 @@ SPIN_PERIOD_S = 0.1
 DIAGNOSTICS_PERIOD_S = 1.0
 # A depth / camera_info stream counts as live (worth waiting for) while its newest stamp is this close.
 LIVE_STREAM_WINDOW_NS = 1_000_000_000
-# The transient-local copy of a sentence heard live this recently is the same message twice.
-LATCHED_COPY_WINDOW_S = 5.0
+# A sentence heard on both expression subscriptions this close together is one message twice: live first,
+# the history subscription may be created (graph checked at 1 Hz) and replay it seconds later; history
+# first, the live copy follows within milliseconds.
+LATCHED_COPY_WINDOWS_S = (5.0, 1.0)
 DIAGNOSTIC_LEVELS = {health.OK: DiagnosticStatus.OK, health.WARN: DiagnosticStatus.WARN,
                      health.ERROR: DiagnosticStatus.ERROR}
 
@@ -229,7 +231,7 @@ class MeresNode(LifecycleNode):
         self._text_encoder_calls = 0
         self._expressions = Expressions()
         self._expressions_lock = threading.Lock()  # held while a result is checked against them and published
-        self._latched_copies = LatchedCopies(LATCHED_COPY_WINDOW_S)
+        self._latched_copies = LatchedCopies(*LATCHED_COPY_WINDOWS_S)
         self._frames = LatestSlot()  # (color Image, monotonic time received)
         self._pacer = FramePacer()  # waits for a fresher frame when the newest would be answered late
         self._depths = StampBuffer(STAMP_BUFFER_LENGTH)
@@ -497,11 +499,11 @@ class MeresNode(LifecycleNode):
             self._history_subscription = None
 
     def _on_live_expression(self, msg: String) -> None:
-        self._latched_copies.heard_live(msg.data)
-        self._take_expression(msg.data, EXPRESSION_TOPIC)
+        if self._latched_copies.take("live", msg.data):
+            self._take_expression(msg.data, EXPRESSION_TOPIC)
 
     def _on_latched_expression(self, msg: String) -> None:
-        if not self._latched_copies.is_copy(msg.data):
+        if self._latched_copies.take("history", msg.data):
             self._take_expression(msg.data, f"{EXPRESSION_TOPIC} (latched)")
 
     def _take_expression(self, text: str, origin: str) -> None:

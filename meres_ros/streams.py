@@ -138,26 +138,37 @@ class LatchedCopies:
 
     The node hears /referring_expression on a volatile subscription (every publisher)
     and, while a latched publisher exists, on a transient-local one (its history).
-    A latched publisher's live message arrives on both within milliseconds; the
-    transient-local copy of a sentence heard live within `window_s` is that copy,
-    and applying it again could undo a newer sentence from another publisher.
+    A latched publisher's message arrives on both, in either order (two readers), and
+    the history subscription, created when such a publisher appears, replays what the
+    live one may have heard seconds before. Applying the copy again would make a new
+    request, or undo a newer sentence from another publisher. Text is all the two
+    copies share, so: a history sentence heard live within `live_first_window_s` is a
+    copy; a live sentence is a copy only right after (`history_first_window_s`) the
+    same text was taken from the history, with nothing taken in between.
     """
 
-    def __init__(self, window_s: float):
-        self.window_s = window_s
-        self._heard_live: dict[str, float] = {}
+    def __init__(self, live_first_window_s: float, history_first_window_s: float):
+        self.live_first_window_s = live_first_window_s
+        self.history_first_window_s = history_first_window_s
+        self._heard_live: dict[str, float] = {}  # text -> monotonic time
+        self._taken_from_history: Optional[tuple[str, float]] = None  # the last sentence taken, if from the history
         self._lock = threading.Lock()
 
-    def heard_live(self, text: str) -> None:
+    def take(self, channel: str, text: str) -> bool:
+        """`channel`: "live" or "history". True: take the sentence; False: it is a copy."""
         now = time.monotonic()
         with self._lock:
-            self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.window_s}
-            self._heard_live[text] = now
-
-    def is_copy(self, text: str) -> bool:
-        with self._lock:
-            at = self._heard_live.get(text)
-            return at is not None and time.monotonic() - at < self.window_s
+            if channel == "history":
+                at = self._heard_live.get(text)
+                copy = at is not None and now - at < self.live_first_window_s
+            else:
+                self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.live_first_window_s}
+                self._heard_live[text] = now
+                copy = (self._taken_from_history is not None and self._taken_from_history[0] == text
+                        and now - self._taken_from_history[1] < self.history_first_window_s)
+            if not copy or channel == "live":  # a pair is complete: the same text again is a new message
+                self._taken_from_history = (text, now) if not copy and channel == "history" else None
+            return not copy
 
 
 @dataclass
