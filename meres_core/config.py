@@ -107,10 +107,6 @@ class InferenceConfig:
     precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto"
     mask_threshold: float = 0.5
     presence_threshold: float = 0.5
-    # What `presence_threshold` is compared with (inference.presence_score): the mask's mean
-    # probability (SOLO / Mask2Former's mask score), or its area as a fraction of the image, which
-    # separated absent from present targets better on the demo model's val split (README "Demo model").
-    presence_score: Literal["mean_probability", "area_fraction"] = "mean_probability"
     # "Which one?": the result is ambiguous when a second separated part of the mask holds at
     # least this fraction of the most probable part's probability mass (inference.candidate_parts).
     ambiguity_ratio: float = 0.5

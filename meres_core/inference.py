@@ -4,11 +4,10 @@ One vision-encoder pass per image is shared by all sentences (the extractor and 
 run batched over sentences), and language features are cached per sentence (LRU), so a
 new frame with the same sentence never re-runs the language encoder.
 
-Presence score (`presence_score`): the mean foreground probability over the predicted mask
-("maskness", as in SOLO / Mask2Former mask scoring) or the mask's area as a fraction of the
-image; 0 for an empty mask. The model is trained with no-target sentences (empty masks) on
-the synthetic scenes, so an absent object yields an empty, small or low-confidence mask and
-`found` is False.
+Presence score: the mean foreground probability over the predicted mask ("maskness",
+as in SOLO / Mask2Former mask scoring), 0 for an empty mask. The model is trained with
+no-target sentences (empty masks) on the synthetic scenes, so an absent object yields an
+empty or low-confidence mask and `found` is False.
 
 "Which one?": when the sentence fits two objects ("the red mug" with two red mugs in view)
 the mask has two separated parts of comparable probability mass. `candidate_parts` holds
@@ -53,7 +52,7 @@ class Candidate:
 class SegmentationResult:
     expression: str
     found: bool
-    score: float  # presence score in [0, 1] (Decision.presence_score says which)
+    score: float  # presence score in [0, 1]
     mask: np.ndarray  # bool (H, W) at the input resolution
     probability: np.ndarray  # float32 (H, W)
     # Of the mask's most probable connected part (`part`, see candidate_parts); None when not found.
@@ -91,26 +90,11 @@ class Decision:
     presence_threshold: float  # the target is found when the presence score reaches this
     # A part holding at least this fraction of the top part's mass is a candidate too (candidate_parts).
     ambiguity_ratio: float = InferenceConfig.ambiguity_ratio
-    presence_score: str = InferenceConfig.presence_score  # see presence_score()
 
     @classmethod
     def from_config(cls, inference: InferenceConfig) -> "Decision":
         return cls(mask_threshold=inference.mask_threshold, presence_threshold=inference.presence_threshold,
-                   ambiguity_ratio=inference.ambiguity_ratio, presence_score=inference.presence_score)
-
-
-PRESENCE_SCORES = ("mean_probability", "area_fraction")
-
-
-def presence_score(mask: np.ndarray, probability: np.ndarray, rule: str) -> float:
-    """The score `found` is decided on (InferenceConfig.presence_score); 0 for an empty mask."""
-    if not mask.any():
-        return 0.0
-    if rule == "mean_probability":
-        return float(probability[mask].mean())
-    if rule == "area_fraction":
-        return float(mask.mean())
-    raise ValueError(f"presence_score must be one of {PRESENCE_SCORES}, got {rule!r}")
+                   ambiguity_ratio=inference.ambiguity_ratio)
 
 
 def normalize_expression(text: str) -> str:
@@ -238,7 +222,7 @@ class Segmenter:
         """
         decision = decision or self.decision
         mask = probability > decision.mask_threshold
-        score = presence_score(mask, probability, decision.presence_score)
+        score = float(probability[mask].mean()) if mask.any() else 0.0
         found = bool(mask.any()) and score >= decision.presence_threshold
         if not found:
             return SegmentationResult(expression, found, score, mask, probability, None, None)

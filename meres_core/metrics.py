@@ -98,28 +98,27 @@ def centroid_on_target(centroid: Optional[tuple[float, float]], gt: np.ndarray) 
     return 0 <= v < gt.shape[0] and 0 <= u < gt.shape[1] and bool(gt[v, u])
 
 
-def calibrate_presence(scores, has_target, min_present_found: float = 0.95) -> dict:
-    """The presence threshold that rejects the most absent targets while present ones stay found.
+def calibrate_presence(scores, has_target, thresholds=None, mask_threshold: float = 0.5) -> dict:
+    """The presence threshold with the best balanced found / not-found accuracy.
 
-    scores: presence score per sentence (0 for an empty mask, never found; see
-    inference.presence_score); has_target: bool per sentence. Found means score >= threshold.
-    Returns the highest threshold at which at least `min_present_found` of the present
-    targets are found, with the absent sentences rejected and present ones found at it
-    (the lowest score's threshold when no threshold keeps that many found: check present_found).
+    scores: presence score per sentence (0 for an empty mask, see inference.Segmenter.decide);
+    has_target: bool per sentence. Returns the threshold, and the absent sentences rejected
+    and present ones found at it. A non-empty mask's score is the mean probability of pixels
+    above `mask_threshold`, so the default grid starts there: any lower threshold decides the same.
     """
     scores, has_target = np.asarray(scores, float), np.asarray(has_target, bool)
     if has_target.all() or not has_target.any():
         raise ValueError("calibration needs sentences with and without a target")
-    present, absent = np.sort(scores[has_target]), np.sort(scores[~has_target])
-    thresholds = np.unique(scores[scores > 0])  # any other threshold decides as the next score up
-    if not len(thresholds):
-        thresholds = np.array([1.0])
-    found = 1.0 - np.searchsorted(present, thresholds, side="left") / len(present)
-    rejected = np.searchsorted(absent, thresholds, side="left") / len(absent)
-    enough = np.nonzero(found >= min_present_found)[0]
-    best = int(enough[-1]) if len(enough) else 0
-    return {"threshold": float(thresholds[best]), "absent_rejected": float(rejected[best]),
-            "present_found": float(found[best]), "min_present_found": min_present_found}
+    if thresholds is None:
+        thresholds = np.linspace(mask_threshold, 0.95, int(round((0.95 - mask_threshold) * 100)) + 1)
+    thresholds = np.asarray(thresholds, float)
+    found = scores[None, :] >= thresholds[:, None]  # (thresholds, sentences); a 0 score is never found
+    found &= scores[None, :] > 0
+    rejected = (~found[:, ~has_target]).mean(1)
+    kept = found[:, has_target].mean(1)
+    best = int(np.argmax(rejected + kept))
+    return {"threshold": round(float(thresholds[best]), 4), "absent_rejected": float(rejected[best]),
+            "present_found": float(kept[best])}
 
 
 class PixelPR:

@@ -832,7 +832,6 @@ class MeresNode(LifecycleNode):
             details.update({"device": str(segmenter.device), "precision": str(segmenter.dtype).removeprefix("torch."),
                             "mask_threshold": f"{decision.mask_threshold:g}",
                             "presence_threshold": f"{decision.presence_threshold:g}",
-                            "presence_score": decision.presence_score,
                             "ambiguity_ratio": f"{decision.ambiguity_ratio:g}",
                             "torch threads": str(torch_threads()), "text encoder calls": str(self._text_encoder_calls)})
         details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"

@@ -20,9 +20,10 @@ mkdir -p runs  # training.train generates the config's scenes first (one process
 resume=(); [[ -f $run/latest.pt ]] && resume=(--resume)
 $py -m training.train --config $config --set data.num_workers=$workers "${resume[@]}" "$@"
 
-# Presence: of the scores calibrated on val (each at its highest threshold that keeps >= 95 % of present
-# targets found), the one that rejects the most absent targets.
+# Presence threshold: the val split's best balanced one, kept only if present targets stay found >= 95 %.
 $py -m training.evaluate --checkpoint $run/best.pt --split val --limit 3000 --num-workers $workers \
   --out $run/eval/val >/dev/null
-presence=($($py -m training.presence_choice $run/eval/val/metrics.json))
-$py -m training.export --checkpoint $run/best.pt --out $run/meres_demo.pt --half "${presence[@]}"
+threshold=$($py -c "import json, sys; c = json.load(open(sys.argv[1]))['presence_calibration']
+print(c['threshold'] if c['present_found'] >= 0.95 else '')" $run/eval/val/metrics.json)
+$py -m training.export --checkpoint $run/best.pt --out $run/meres_demo.pt --half \
+  ${threshold:+--presence-threshold $threshold}

@@ -137,19 +137,6 @@ def test_ambiguity_ratio_comes_from_the_config(tiny_model, tiny_cfg):
         validate(override(tiny_cfg, {"inference": {"ambiguity_ratio": 0.0}}))
 
 
-def test_presence_score_is_the_switched_rule(segmenter):
-    """Two blobs and a speck: mean probability (100 x 0.9 + 80 x 0.7 + 25 x 0.8) / 205, or area 205 / 2400."""
-    mean = segmenter.decide("x", two_blobs(), Decision(0.5, 0.0))
-    assert mean.score == pytest.approx((90 + 56 + 20) / 205, rel=1e-6)
-    area = segmenter.decide("x", two_blobs(), Decision(0.5, 0.0, presence_score="area_fraction"))
-    assert area.score == pytest.approx(205 / 2400)
-    # The same mask is found under one rule's threshold and not under the other's.
-    assert segmenter.decide("x", two_blobs(), Decision(0.5, 0.5)).found
-    assert not segmenter.decide("x", two_blobs(), Decision(0.5, 0.5, presence_score="area_fraction")).found
-    with pytest.raises(ValueError, match="presence_score"):
-        segmenter.decide("x", two_blobs(), Decision(0.5, 0.0, presence_score="peak"))
-
-
 def test_absent_when_presence_below_threshold(segmenter, scene):
     result = segmenter.segment(scene, "the red circle", Decision(mask_threshold=0.5, presence_threshold=1.01))[0]
     assert not result.found and result.centroid is None and result.bbox is None

@@ -138,17 +138,12 @@ def test_centroid_on_target_per_kind_counts_misses_and_skips_absent():
     assert "on_target" in format_table({"all": s})
 
 
-def test_presence_calibration_rejects_the_most_absent_targets_that_keeps_present_ones_found():
+def test_presence_calibration_picks_the_threshold_that_separates_found_from_absent():
     scores = [0.9, 0.85, 0.8, 0.7, 0.0, 0.55, 0.6, 0.0]
     has_target = [True, True, True, True, False, False, False, False]
-    assert calibrate_presence(scores, has_target) == \
-        {"threshold": 0.7, "absent_rejected": 1.0, "present_found": 1.0, "min_present_found": 0.95}
-    # Overlapping scores: the highest threshold that keeps the floor, not the best balanced accuracy.
-    scores = [0.9, 0.8, 0.7, 0.6, 0.0, 0.75, 0.65, 0.0]
-    assert calibrate_presence(scores, has_target)["threshold"] == 0.6  # keeps all 4 present
-    loose = calibrate_presence(scores, has_target, min_present_found=0.75)
-    assert loose == {"threshold": 0.7, "absent_rejected": 0.75, "present_found": 0.75, "min_present_found": 0.75}
-    # An empty mask (score 0) is never found: no threshold finds it.
-    assert calibrate_presence([0.0, 0.9, 0.2], [True, True, False])["present_found"] == 0.5
+    best = calibrate_presence(scores, has_target, thresholds=[0.5, 0.65, 0.75, 0.95])
+    assert best == {"threshold": 0.65, "absent_rejected": 1.0, "present_found": 1.0}
+    # A non-empty mask scores above the mask threshold: the default grid starts there.
+    assert calibrate_presence(scores, has_target, mask_threshold=0.5)["threshold"] == 0.61  # first above 0.6
     with pytest.raises(ValueError):
         calibrate_presence([0.5], [True])

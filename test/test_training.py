@@ -394,34 +394,10 @@ def test_evaluate_writes_json_table_and_pr_curve(trained, tmp_path, capsys):
     assert (out / "pr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"^mIoU\s+MERES \(tiny\)", printed, re.M) and re.search(r"^oIoU\s+MERES", printed, re.M)
     assert "resolution: original" in printed
-    # Presence calibrated per rule, and the export options of the one that rejects the most absent targets.
-    from training.presence_choice import presence_choice
-
-    calibrations = saved["presence_calibration"]
-    assert set(calibrations) == {"mean_probability", "area_fraction"}
-    assert all(c["min_present_found"] == evaluate.MIN_PRESENT_FOUND for c in calibrations.values())
-    choice = presence_choice(saved)
-    if choice:
-        assert choice[:2] == ["--presence-score", max(calibrations, key=lambda r: calibrations[r]["absent_rejected"])]
 
     at_input = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--data-root", str(data),
                               "--num-workers", "0", "--out", str(tmp_path / "eval_input"), "--resolution", "input"])
     assert at_input["resolution"] == "input" and at_input["n"] == saved["n"]
-
-
-def test_presence_choice_takes_the_rule_that_rejects_most_and_keeps_the_floor():
-    from training.presence_choice import presence_choice
-
-    def calibration(threshold, rejected, found):
-        return {"threshold": threshold, "absent_rejected": rejected, "present_found": found, "min_present_found": 0.95}
-
-    metrics = {"presence_calibration": {"mean_probability": calibration(0.6, 0.4, 0.96),
-                                        "area_fraction": calibration(0.01, 0.55, 0.95)}}
-    assert presence_choice(metrics) == ["--presence-score", "area_fraction", "--presence-threshold", "0.01"]
-    metrics["presence_calibration"]["area_fraction"]["present_found"] = 0.9  # below the floor: not a choice
-    assert presence_choice(metrics)[:2] == ["--presence-score", "mean_probability"]
-    metrics["presence_calibration"]["mean_probability"]["present_found"] = 0.5
-    assert presence_choice(metrics) == []
 
 
 def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
@@ -436,10 +412,6 @@ def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
     assert out.stat().st_size < 0.4 * (trained / "best.pt").stat().st_size  # no optimizer moments, fp16
     result = Segmenter.from_checkpoint(out).segment(torch.zeros(96, 128, 3, dtype=torch.uint8).numpy(), "a star")[0]
     assert result.mask.shape == (96, 128)
-    calibrated = export(trained / "best.pt", tmp_path / "calibrated.pt", half=True, presence_threshold=0.02,
-                        presence_score="area_fraction")
-    decision = Segmenter.from_checkpoint(calibrated).decision
-    assert (decision.presence_score, decision.presence_threshold) == ("area_fraction", 0.02)
 
 
 def test_ablation_tooling_runs_table3_and_the_eq6_eq7_readings(tmp_path):

@@ -34,7 +34,7 @@ from meres_core.checkpoint import build_from_checkpoint, resolve_checkpoint
 from meres_core.config import MeresConfig
 from meres_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from meres_core.device import autocast, precision_name, select_device, select_dtype
-from meres_core.inference import PRESENCE_SCORES, Segmenter, presence_score
+from meres_core.inference import Segmenter
 from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table
 from meres_core.model.meres import MERES
 from meres_core.visualize import draw_overlay
@@ -43,9 +43,6 @@ from .config import DataConfig
 from .data import make_dataset, make_eval_loader
 
 log = logging.getLogger("training.evaluate")
-
-# Presence calibration keeps at least this share of present targets found (the demo model's target).
-MIN_PRESENT_FOUND = 0.95
 
 GT_OUTLINE_RGB = (255, 255, 255)  # ground-truth contour on overlays; predictions use the overlay palette
 
@@ -112,7 +109,7 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     metrics = SegmentationMetrics()
     pr = PixelPR() if pr_curve else None
     found_correct = {"absent": [0, 0], "present": [0, 0]}  # [correct, total]
-    scores, has_target = {rule: [] for rule in PRESENCE_SCORES}, []  # for the presence calibration
+    scores, has_target = [], []  # for the presence-threshold calibration
     images: list[np.ndarray] = []
     batches = predict(model, loader, device, resolution, dtype)
     bar = tqdm(batches, total=len(loader), desc="evaluate", disable=None if progress else True)  # None: terminals only
@@ -125,8 +122,7 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
             group = "absent" if bool(batch["no_target"][i]) else "present"
             found_correct[group][0] += int(result.found != (group == "absent"))
             found_correct[group][1] += 1
-            for rule in PRESENCE_SCORES:
-                scores[rule].append(presence_score(result.mask, probability, rule))
+            scores.append(result.score)
             has_target.append(group == "present")
             if len(images) < overlays and group == "present":
                 rgb = batch["orig_image"][i] if resolution == "original" else input_rgb(batch["image"][i])
@@ -143,11 +139,9 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
                                  for group, (correct, total) in found_correct.items()}
     summary["found_counts"] = {group: total for group, (_, total) in found_correct.items()}
     summary["presence_threshold"] = segmenter.decision.presence_threshold
-    summary["presence_score"] = segmenter.decision.presence_score
     if found_correct["absent"][1] and found_correct["present"][1]:
-        # Per presence score: the threshold that rejects the most absent targets with >= 95 % present found.
-        summary["presence_calibration"] = {rule: calibrate_presence(scores[rule], has_target, MIN_PRESENT_FOUND)
-                                           for rule in PRESENCE_SCORES}
+        summary["presence_calibration"] = calibrate_presence(scores, has_target,
+                                                             mask_threshold=segmenter.decision.mask_threshold)
     if pr is not None:
         summary["auc_pr"] = pr.auc()
     return EvalResult(summary, pr, images)
@@ -217,11 +211,12 @@ def main(argv=None) -> dict:
     print(f"\nresolution: {args.resolution} ({'original image size' if args.resolution == 'original' else 'model input'})"
           f"; AUC-PR {report['auc_pr']:.4f}; found-accuracy: absent {_fmt(found['absent'])} "
           f"({report['found_counts']['absent']}), present {_fmt(found['present'])} at presence threshold "
-          f"{report['presence_threshold']} ({report['presence_score']}); written to {out}")
-    for rule, calibration in report.get("presence_calibration", {}).items():
-        print(f"presence calibrated on this split, {rule}: threshold {calibration['threshold']:.6g} (absent rejected "
+          f"{report['presence_threshold']}; written to {out}")
+    calibration = report.get("presence_calibration")
+    if calibration:
+        print(f"best presence threshold on this split: {calibration['threshold']} (absent rejected "
               f"{_fmt(calibration['absent_rejected'])}, present found {_fmt(calibration['present_found'])}); "
-              f"deploy with `python -m training.export --presence-score {rule} --presence-threshold T`")
+              f"set it with `python -m training.export --presence-threshold`")
     return report
 
 

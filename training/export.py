@@ -12,17 +12,13 @@ import argparse
 from pathlib import Path
 
 from meres_core.checkpoint import build_from_checkpoint, save_checkpoint
-from meres_core.inference import PRESENCE_SCORES
 
 
 def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None,
-           presence_threshold: float | None = None, presence_score: str | None = None) -> Path:
+           presence_threshold: float | None = None) -> Path:
     model, cfg, trained_metadata = build_from_checkpoint(checkpoint)
-    # Calibrated on the val split (training.evaluate prints a threshold per presence score).
-    if presence_threshold is not None:
+    if presence_threshold is not None:  # calibrated on the val split (training.evaluate prints it)
         cfg.inference.presence_threshold = presence_threshold
-    if presence_score is not None:
-        cfg.inference.presence_score = presence_score
     return save_checkpoint(out, model, cfg, {**trained_metadata, **(metadata or {})}, half=half)
 
 
@@ -33,11 +29,8 @@ def main(argv=None) -> None:
     parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
     parser.add_argument("--presence-threshold", type=float,
                         help="the deployed presence threshold (default: the checkpoint's)")
-    parser.add_argument("--presence-score", choices=PRESENCE_SCORES,
-                        help="what the presence threshold is compared with (default: the checkpoint's)")
     args = parser.parse_args(argv)
-    path = export(args.checkpoint, args.out, args.half, presence_threshold=args.presence_threshold,
-                  presence_score=args.presence_score)
+    path = export(args.checkpoint, args.out, args.half, presence_threshold=args.presence_threshold)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
