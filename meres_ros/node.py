@@ -499,11 +499,11 @@ class MeresNode(LifecycleNode):
             self._history_subscription = None
 
     def _on_live_expression(self, msg: String) -> None:
-        if self._latched_copies.take("live", msg.data):
+        if self._latched_copies.take_live(msg.data):
             self._take_expression(msg.data, EXPRESSION_TOPIC)
 
     def _on_latched_expression(self, msg: String) -> None:
-        if self._latched_copies.take("history", msg.data):
+        if self._latched_copies.take_history(msg.data):
             self._take_expression(msg.data, f"{EXPRESSION_TOPIC} (latched)")
 
     def _take_expression(self, text: str, origin: str) -> None:

@@ -154,21 +154,24 @@ class LatchedCopies:
         self._taken_from_history: Optional[tuple[str, float]] = None  # the last sentence taken, if from the history
         self._lock = threading.Lock()
 
-    def take(self, channel: str, text: str) -> bool:
-        """`channel`: "live" or "history". True: take the sentence; False: it is a copy."""
+    def take_live(self, text: str) -> bool:
+        """A sentence from the volatile subscription. True: take it; False: it is a copy."""
         now = time.monotonic()
         with self._lock:
-            if channel == "history":
-                at = self._heard_live.get(text)
-                copy = at is not None and now - at < self.live_first_window_s
-            else:
-                self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.live_first_window_s}
-                self._heard_live[text] = now
-                copy = (self._taken_from_history is not None and self._taken_from_history[0] == text
-                        and now - self._taken_from_history[1] < self.history_first_window_s)
-            if not copy or channel == "live":  # a pair is complete: the same text again is a new message
-                self._taken_from_history = (text, now) if not copy and channel == "history" else None
-            return not copy
+            self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.live_first_window_s}
+            self._heard_live[text] = now
+            last, self._taken_from_history = self._taken_from_history, None  # a pair completes only once
+            return not (last is not None and last[0] == text and now - last[1] < self.history_first_window_s)
+
+    def take_history(self, text: str) -> bool:
+        """A sentence from the transient-local subscription. True: take it; False: it is a copy."""
+        now = time.monotonic()
+        with self._lock:
+            at = self._heard_live.get(text)
+            if at is not None and now - at < self.live_first_window_s:
+                return False
+            self._taken_from_history = (text, now)
+            return True
 
 
 @dataclass

@@ -102,18 +102,18 @@ def test_stamp_pairing_waits_for_a_late_partner():
 
 def test_latched_copy_of_a_live_sentence_is_recognized_in_either_order():
     copies = LatchedCopies(live_first_window_s=60.0, history_first_window_s=60.0)
-    assert copies.take("history", "the red mug")  # published before the node started: take it
+    assert copies.take_history("the red mug")  # published before the node started: take it
     # A latched publisher's message on both subscriptions, history first or live first: taken once.
-    assert not copies.take("live", "the red mug")
-    assert copies.take("live", "the laptop") and not copies.take("history", "the laptop")
+    assert not copies.take_live("the red mug")
+    assert copies.take_live("the laptop") and not copies.take_history("the laptop")
     # The same text published again (volatile) is a new message, a new request.
-    assert copies.take("live", "the red mug")
+    assert copies.take_live("the red mug")
     # A replayed history sentence does not swallow a later live one once another was taken in between.
-    assert copies.take("history", "the cup") and copies.take("live", "the bowl") and copies.take("live", "the cup")
+    assert copies.take_history("the cup") and copies.take_live("the bowl") and copies.take_live("the cup")
     # Outside the windows nothing is a copy.
     expired = LatchedCopies(live_first_window_s=0.0, history_first_window_s=0.0)
-    assert expired.take("live", "the red mug") and expired.take("history", "the red mug")
-    assert expired.take("live", "the red mug")
+    assert expired.take_live("the red mug") and expired.take_history("the red mug")
+    assert expired.take_live("the red mug")
 
 
 def test_parameter_problems_name_the_parameter():
