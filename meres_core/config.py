@@ -11,7 +11,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, TypeVar, Union
+from typing import Any, Literal, Optional, TypeVar, Union, get_args
 
 import yaml
 
@@ -19,6 +19,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 Guidance = Literal["le", "enhanced_le", "ve", "enhanced_le_all_pixels", "enhanced_le_ve"]
 Selection = Literal["topk", "sigmoid", "none"]
+Backend = Literal["torch", "onnx", "compiled"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 T = TypeVar("T")
 
 
@@ -111,9 +113,11 @@ class InferenceConfig:
     # least this fraction of the most probable part's probability mass (inference.candidate_parts).
     ambiguity_ratio: float = 0.5
     text_cache_size: int = 256
-    # The image path (vision encoder, extractor, decoder) in PyTorch, or an ONNX export of it run
-    # by onnxruntime (meres_core/export_onnx.py); onnx_path: that file (null: exported at start-up).
-    backend: Literal["torch", "onnx"] = "torch"
+    # The image path (vision encoder, extractor, decoder) in PyTorch (eager), an ONNX export of it
+    # run by onnxruntime (meres_core/export_onnx.py; onnx_path: that file, null: exported at
+    # start-up), or compiled ahead of time by AOTInductor, once per model and machine and cached
+    # (meres_core/compiled.py). Not the default: the first start compiles for minutes on a small CPU.
+    backend: Backend = "torch"
     onnx_path: Optional[str] = None
 
 

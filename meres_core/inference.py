@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import build_from_checkpoint
-from .config import InferenceConfig, MeresConfig, load_config
+from .config import BACKENDS, InferenceConfig, MeresConfig, load_config
 from .data.transforms import preprocess_image
 from .device import autocast, select_device, select_dtype
 from .model.meres import MERES
@@ -109,6 +109,8 @@ class Segmenter:
 
         backend "onnx" runs the image path from `onnx_path` with onnxruntime in fp32 (the
         language encoder stays in PyTorch, cached); without a path it is exported at start-up.
+        backend "compiled" runs it as an AOTInductor package at this precision, compiled on
+        the first start for this model and machine and cached (meres_core/compiled.py).
         """
         inf = cfg.inference
         self.cfg = cfg
@@ -121,14 +123,18 @@ class Segmenter:
             model = copy.deepcopy(model).to(torch.bfloat16)
         self.model = model.to(self.device).eval()
         self.backend = backend or inf.backend
-        self._onnx = None
+        self._image_path = None  # vision, extractor and decoder in one graph (onnx / compiled), else eager
         if self.backend == "onnx":
             from .export_onnx import OnnxImagePath, temporary_export
 
             path = onnx_path or inf.onnx_path or temporary_export(self.model)
-            self._onnx = OnnxImagePath(path, self.model, self.device)
+            self._image_path = OnnxImagePath(path, self.model, self.device)
+        elif self.backend == "compiled":
+            from .compiled import CompiledImagePath
+
+            self._image_path = CompiledImagePath(self.model, self.dtype, self.device)
         elif self.backend != "torch":
-            raise ValueError(f"backend must be torch or onnx, got {self.backend!r}")
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         # The model's own decision settings; a call may pass others.
         self.decision = Decision.from_config(inf)
         self.cache_size = inf.text_cache_size
@@ -197,8 +203,8 @@ class Segmenter:
             text, valid = self._text_features(expressions)
             t1 = self._sync()
             pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)
-            if self._onnx is not None:  # vision, extractor and decoder in one graph: timed as "vision"
-                logits = self._onnx(pixels, text, valid)
+            if self._image_path is not None:  # vision, extractor and decoder in one graph: timed as "vision"
+                logits = self._image_path(pixels, text, valid)
                 t2 = t3 = self._sync()
             else:
                 features = self.model.encode_image(pixels)

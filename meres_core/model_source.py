@@ -10,6 +10,8 @@ of the same names default to the same values (meres_ros/interface.py reads them 
     --device auto|cpu|cuda[:N]
     --precision auto|fp16|bf16|fp32
     --threads N               CPU threads of the model (0: automatic)
+    --backend torch|onnx|compiled
+                              how the image path runs (default: the model's own, eager torch)
     --mask-threshold / --presence-threshold / --ambiguity-ratio
                               default: the model's own (the inference section of its config)
 
@@ -22,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from .config import available_presets
+from .config import BACKENDS, available_presets
 
 if TYPE_CHECKING:
     from .inference import Decision, Segmenter
@@ -41,11 +43,13 @@ class ModelSource:
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0  # CPU threads of the model's kernels (torch intra-op); 0: automatic (cpu_threads)
+    backend: str = ""  # torch | onnx | compiled; "": the model's own (inference.backend, torch unless set)
 
     def describe(self) -> str:
         origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
         threads = f" threads={self.threads}" if self.threads else ""
-        return f"{origin} on device={self.device} precision={self.precision}{threads}"
+        backend = f" backend={self.backend}" if self.backend else ""
+        return f"{origin} on device={self.device} precision={self.precision}{threads}{backend}"
 
     def load(self) -> "Segmenter":
         """The model, with its own decision settings (callers pass others per call).
@@ -53,10 +57,13 @@ class ModelSource:
         from .device import set_cpu_threads
         from .inference import Segmenter
 
+        if self.backend and self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (or empty: the model's own), got {self.backend!r}")
         set_cpu_threads(self.threads)  # process-wide, so before the model is built and run
+        options = {"device": self.device, "precision": self.precision, "backend": self.backend or None}
         if self.preset:
-            return Segmenter.from_preset(self.preset, seed=self.seed, device=self.device, precision=self.precision)
-        return Segmenter.from_checkpoint(self.checkpoint, device=self.device, precision=self.precision)
+            return Segmenter.from_preset(self.preset, seed=self.seed, **options)
+        return Segmenter.from_checkpoint(self.checkpoint, **options)
 
     def as_parameters(self) -> dict:
         """The same source as meres_node parameters."""
@@ -65,7 +72,7 @@ class ModelSource:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ModelSource":
         return cls(checkpoint=args.checkpoint, preset=args.preset, seed=args.seed, device=args.device,
-                   precision=args.precision, threads=args.threads)
+                   precision=args.precision, threads=args.threads, backend=args.backend)
 
 
 DEFAULT = ModelSource()
@@ -85,6 +92,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"auto: fp16 on CUDA; bf16 on a CPU with bf16 units (AMX, AVX512-BF16), else fp32 (default: {DEFAULT.precision})")
     group.add_argument("--threads", type=int, default=DEFAULT.threads,
                        help="CPU threads of the model's kernels; 0: automatic (default: 0)")
+    group.add_argument("--backend", default=DEFAULT.backend, choices=["", *BACKENDS], metavar="BACKEND",
+                       help="how the image path runs: torch (eager), onnx (onnxruntime) or compiled (AOTInductor, "
+                            "compiled on the first start for this model and machine, then cached); "
+                            "default: the model's own (torch)")
 
 
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:

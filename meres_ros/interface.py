@@ -12,6 +12,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
+from meres_core.config import BACKENDS
 from meres_core.model_source import DEFAULT as DEFAULT_MODEL
 from meres_core.model_source import PRECISIONS
 from meres_ros.pipeline import MASK_MODES
@@ -129,6 +130,10 @@ PARAMETERS = {
     "threads": (DEFAULT_MODEL.threads, _descriptor("CPU threads of the model's kernels (torch intra-op); 0 = torch's default (one per physical "
                                                    "core, or OMP_NUM_THREADS). "
                                                    "Read at configure.", int_range=(0, 1024))),
+    "backend": (DEFAULT_MODEL.backend, _descriptor(
+        "How the image path runs: torch (eager), onnx (onnxruntime) or compiled (AOTInductor: compiled for this model "
+        "and machine on the first configure, minutes on a small CPU, then loaded from the cache); empty = the model's "
+        "own (torch unless its config says otherwise). Read at configure.", constraints=", ".join(BACKENDS))),
     "mask_threshold": (Parameter.Type.DOUBLE, _descriptor(
         "Probability above which a pixel belongs to the mask. Unset: the model's own "
         "(inference.mask_threshold of its config).", float_range=(0.0, 1.0))),
@@ -207,6 +212,8 @@ def parameter_problem(name: str, value, current: dict) -> Optional[str]:
         return f"device must be auto, cpu, cuda or cuda:N, got {value!r}"
     if name == "precision" and value not in PRECISIONS:
         return f"precision must be one of {', '.join(PRECISIONS)}, got {value!r}"
+    if name == "backend" and value and value not in BACKENDS:
+        return f"backend must be one of {', '.join(BACKENDS)} (or empty: the model's own), got {value!r}"
     if name == "ambiguity_ratio" and value is not None and not value > 0.0:
         return "ambiguity_ratio must be above 0 (at 0 every speck of the mask would be a candidate)"
     if name == "mask_mode" and value not in MASK_MODES:

@@ -22,8 +22,9 @@ def test_every_command_has_the_same_model_options_and_defaults(command):
     assert ModelSource.from_args(args) == DEFAULT == ModelSource(checkpoint="demo", device="auto", precision="auto")
     assert decision_settings(args) == {"mask_threshold": None, "presence_threshold": None, "ambiguity_ratio": None}
     given = parse([*required, "--preset", "tiny", "--seed", "3", "--device", "cpu", "--precision", "fp32",
-                   "--ambiguity-ratio", "0.3"])
-    assert ModelSource.from_args(given) == ModelSource(preset="tiny", seed=3, device="cpu", precision="fp32")
+                   "--backend", "compiled", "--ambiguity-ratio", "0.3"])
+    assert ModelSource.from_args(given) == ModelSource(preset="tiny", seed=3, device="cpu", precision="fp32",
+                                                       backend="compiled")
     assert decision_settings(given)["ambiguity_ratio"] == 0.3
     with pytest.raises(SystemExit):  # one source or the other
         parse([*required, "--checkpoint", "a.pt", "--preset", "tiny"])

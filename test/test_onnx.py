@@ -53,7 +53,7 @@ def test_segmenter_onnx_backend_gives_the_torch_masks(exported, scene):
 def test_backend_comes_from_the_config(exported, scene):
     model, cfg, path = exported
     cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, backend="onnx", onnx_path=str(path)))
-    assert Segmenter(model, cfg, device="cpu")._onnx is not None
+    assert Segmenter(model, cfg, device="cpu")._image_path is not None
 
 
 def test_a_file_exported_for_another_model_is_refused(exported):
