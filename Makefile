@@ -14,7 +14,7 @@ test:  ## the default test suite (CPU, < 15 minutes on 2 cores)
 test-all:  ## include the slow tests
 	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m pytest -q -m "slow or not slow"
 
-bench:  ## every benchmark section (model, onnx, node, train), one JSON: out/bench/bench.json
+bench:  ## every benchmark section (model, backends, node, train), one JSON: out/bench/bench.json
 	@venv=$$(scripts/setup_venv.sh); $$venv/bin/python -m bench --out out/bench/bench.json
 
 venv:  ## print the venv path (creating it if needed)

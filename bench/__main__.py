@@ -2,8 +2,8 @@
 
     python -m bench                          # everything (make bench): out/bench/bench.json
     python -m bench --quick --out FILE       # a few minutes on 2 cores
-    python -m bench --sections model onnx    # some sections
-    python -m bench --device cuda            # model and onnx sections on the GPU (fp16 and fp32)
+    python -m bench --sections model backends   # some sections
+    python -m bench --device cuda            # model and backends sections on the GPU (fp16 and fp32)
 
 Each section is a module of this package with `run(quick) -> {"targets", "measurements"}`
 (and optionally "baselines"; a `device` argument when it has one). `targets` maps each target
@@ -28,7 +28,7 @@ from .common import machine
 # name -> what it measures; the module is bench/<name>.py
 SECTIONS = {
     "model": "paper@480 against the matmul roofline, 8 sentences vs 1, bf16/fp16 vs fp32 masks, presets",
-    "onnx": "the exported image path under onnxruntime vs eager PyTorch",
+    "backends": "the image path under onnxruntime (ONNX export) and compiled by AOTInductor vs eager PyTorch",
     "node": "the ROS 2 node against the bare Segmenter: latency, 30 Hz camera, memory, start-up",
     "train": "training throughput per preset",
 }

@@ -67,6 +67,6 @@ def test_one_json_with_targets_machine_and_notes(sections, tmp_path):
 
 
 def test_the_registry_names_every_section_module():
-    assert list(bench.SECTIONS) == ["model", "onnx", "node", "train"]
-    for name in ("model", "onnx", "train"):
+    assert list(bench.SECTIONS) == ["model", "backends", "node", "train"]
+    for name in ("model", "backends", "train"):
         assert callable(__import__(f"bench.{name}", fromlist=["run"]).run)

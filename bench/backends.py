@@ -1,12 +1,14 @@
-"""ONNX section: the exported image path under onnxruntime (CPU) against eager PyTorch, same inputs.
+"""Backends section: the image path exported to ONNX under onnxruntime, and compiled by AOTInductor,
+against eager PyTorch on the same inputs.
 
-    python -m bench.onnx [--quick] [--out FILE]
+    python -m bench.backends [--quick] [--out FILE]
 
-  demo     the shipped demo model: export, masks of both backends through the `Segmenter` on
-           meres-synth scenes (IoU), and the image path timed side by side (1 and 4 sentences,
-           cached text features as inputs): onnxruntime fp32 vs eager fp32, and eager at the
-           Segmenter's default CPU precision
-  paper    (full run only) the same timing for `paper`@480 with random weights
+  demo     the shipped demo model: ONNX export, and the compiled package at the Segmenter's default
+           precision (compiled now, or loaded from the cache: `compiled_now`); masks of each backend
+           against eager through the `Segmenter` on meres-synth scenes (IoU); the image path timed side
+           by side (1 and 4 sentences, cached text features as inputs): onnxruntime fp32 vs eager fp32,
+           compiled vs eager at the default precision
+  paper    (full run only) the onnxruntime timing for `paper`@480 with random weights
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import numpy as np
 from .common import fixture_samples, interleaved, machine, mask_iou, ratio, section_main, target
 
 
-def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str) -> dict:
-    """eager (fp32, and the default precision) vs onnxruntime on one frame's pixels and cached text."""
+def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str, compiled=None) -> dict:
+    """eager (fp32, and the default precision) vs onnxruntime, and vs `compiled` (a Segmenter of the
+    compiled backend at the default precision) when given, on one frame's pixels and cached text."""
     import torch
 
     from meres_core.data.transforms import preprocess_image
-    from meres_core.device import autocast
+    from meres_core.device import autocast, precision_name
     from meres_core.export_onnx import ImagePath, OnnxImagePath
     from meres_core.inference import Segmenter
 
@@ -45,39 +48,56 @@ def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str) -> di
             with autocast(default.dtype, default.device):
                 eager_default(pixels, t, v)
 
-        candidates[f"eager_{str(default.dtype).removeprefix('torch.')}_k{k}"] = default_precision
+        precision = precision_name(default.dtype)
+        candidates[f"eager_{precision}_k{k}"] = default_precision
+        if compiled is not None:
+            candidates[f"compiled_{precision}_k{k}"] = lambda t=text, v=valid: compiled._image_path(pixels, t, v)
     with torch.inference_mode():
         times = interleaved(candidates, rounds=rounds, device=device)
-    return {"times": times, "providers": session.session.get_providers(),
-            "onnxruntime_over_eager_k1": round(ratio(times, "onnxruntime_k1", "eager_fp32_k1"), 3),
-            "onnxruntime_over_eager_k4": round(ratio(times, "onnxruntime_k4", "eager_fp32_k4"), 3)}
+    out = {"times": times, "providers": session.session.get_providers(),
+           "onnxruntime_over_eager_k1": round(ratio(times, "onnxruntime_k1", "eager_fp32_k1"), 3),
+           "onnxruntime_over_eager_k4": round(ratio(times, "onnxruntime_k4", "eager_fp32_k4"), 3)}
+    if compiled is not None:
+        out.update({f"compiled_over_eager_{precision}_k{k}": round(
+            ratio(times, f"compiled_{precision}_k{k}", f"eager_{precision}_k{k}"), 3) for k in (1, 4)})
+    return out
 
 
 def demo(quick: bool, device: str, folder: Path) -> dict:
     import onnxruntime
 
     from meres_core.checkpoint import build_from_checkpoint
+    from meres_core.device import precision_name
     from meres_core.export_onnx import export
     from meres_core.inference import Decision, Segmenter
 
     model, cfg, metadata = build_from_checkpoint("demo")
+    start = time.perf_counter()
+    compiled = Segmenter(model, cfg, metadata, device=device, backend="compiled")  # the default precision
+    compile_s = time.perf_counter() - start
+    default = Segmenter(model, cfg, metadata, device=device)
     start = time.perf_counter()
     path = export(model, folder / "meres_demo.onnx", {"source": "checkpoint demo"})
     export_s = time.perf_counter() - start
     eager = Segmenter(model, cfg, metadata, device=device, precision="fp32")
     onnx = Segmenter(model, cfg, metadata, device=device, precision="fp32", backend="onnx", onnx_path=path)
     decision = Decision.from_config(cfg.inference)
-    ious, max_abs = [], 0.0
+    ious, compiled_ious, max_abs = [], [], 0.0
     samples = fixture_samples(folder / "scenes", images=4 if quick else 12)
     for image, texts in samples:
         for a, b in zip(eager.segment(image, texts, decision), onnx.segment(image, texts, decision)):
             ious.append(mask_iou(a.mask, b.mask))
             max_abs = max(max_abs, float(np.abs(a.probability - b.probability).max()))
+        for a, b in zip(default.segment(image, texts, decision), compiled.segment(image, texts, decision)):
+            compiled_ious.append(mask_iou(a.mask, b.mask))
     return {"checkpoint": "demo", "onnxruntime": onnxruntime.__version__, "export_s": round(export_s, 1),
             "onnx_bytes": path.stat().st_size, "scenes": len(samples), "sentences": len(ious),
             "mean_mask_iou": round(float(np.mean(ious)), 4), "min_mask_iou": round(float(np.min(ious)), 4),
             "max_abs_probability_difference": float(f"{max_abs:.3g}"),
-            **image_path_times(eager, path, 10 if quick else 30, device)}
+            "compiled": {"precision": precision_name(compiled.dtype), "compiled_now": compiled._image_path.compiled_now,
+                         "build_s": round(compile_s, 1), "mean_mask_iou": round(float(np.mean(compiled_ious)), 4),
+                         "min_mask_iou": round(float(np.min(compiled_ious)), 4)},
+            **image_path_times(eager, path, 10 if quick else 30, device, compiled)}
 
 
 def paper(device: str, folder: Path) -> dict:
@@ -101,7 +121,7 @@ def paper(device: str, folder: Path) -> dict:
 
 
 def run(quick: bool, device: str = "cpu") -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench_onnx_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_backends_") as tmp:
         measurements = {"machine": machine(), "demo": demo(quick, device, Path(tmp))}
         if not quick:
             try:
