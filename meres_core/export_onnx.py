@@ -109,6 +109,10 @@ class OnnxImagePath:
             providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()] + providers
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as the torch backend
+        # No busy-waiting between runs: onnxruntime's threads otherwise spin on the cores after each
+        # call and slow whatever runs next in the process (the node's callbacks, the next frame's
+        # post-processing; in the benchmark, the next candidate ran 2x slower).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         meta = {k.removeprefix("meres."): json.loads(v)
                 for k, v in self.session.get_modelmeta().custom_metadata_map.items() if k.startswith("meres.")}
