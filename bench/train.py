@@ -7,7 +7,7 @@ loading separately:
   - loader_samples_per_s: reading, decoding and resizing samples (one process),
   - end_to_end_samples_per_s: both, serially (the num_workers=0 bound).
 
-    python -m bench.train [--presets tiny demo] [--batch-size 8] [--steps 5] [--threads 1] [--precision bf16] [--compile]
+    python -m bench.train [--presets tiny demo] [--batch-size 8] [--steps 5] [--threads 1] [--precision bf16]
     (on a GPU, e.g. --device cuda --precision bf16 --batch-size 64 / 256: the demo recipe's step was
     host-bound at batch 64, README "Demo model")
     (in `python -m bench`: tiny and demo, 5 steps; --quick: tiny, 2 steps)
@@ -33,9 +33,9 @@ SYNTHETIC_IMAGES = 12  # enough sentences for a few batches of 8
 
 
 def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, device: torch.device,
-                 precision: str = "fp32", compile: bool = False) -> dict:
+                 precision: str = "fp32") -> dict:
     cfg = load_train_config(None, {
-        "preset": preset, "batch_size": batch_size, "device": device.type, "precision": precision, "compile": compile,
+        "preset": preset, "batch_size": batch_size, "device": device.type, "precision": precision,
         "data": {"root": str(data_root), "dataset": "synth", "split_by": "synth", "val_split": "train",
                  "num_workers": 0},
         "optim": {"lr": 1.0e-4, "clip_grad_norm": 1.0},
@@ -45,17 +45,13 @@ def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, devi
     trainer.model.train()
     loader = iter(trainer.loader)
 
-    warmup = 2 if compile else 1  # compiled: the first two token counts compile (the second for any count)
     start = time.perf_counter()
-    batches = [next(loader) for _ in range(steps + warmup)]
-    loading = (time.perf_counter() - start) / (steps + warmup)
+    batches = [next(loader) for _ in range(steps + 1)]
+    loading = (time.perf_counter() - start) / (steps + 1)
 
-    start = time.perf_counter()
-    for batch in batches[:warmup]:  # warm-up: allocator, first-call overheads, compilation
-        trainer.train_step([batch])
-    warmup_s = time.perf_counter() - start
+    trainer.train_step([batches[0]])  # warm-up: allocator, first-call overheads
     times = []
-    for batch in batches[warmup:]:
+    for batch in batches[1:]:
         start = time.perf_counter()
         trainer.train_step([batch])
         if device.type == "cuda":
@@ -64,7 +60,7 @@ def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, devi
     step = statistics.median(times)
     return {
         "preset": preset, "img_size": trainer.model_cfg.model.vision.img_size, "batch_size": batch_size,
-        "precision": precision, "compile": compile, "warmup_s": round(warmup_s, 1),
+        "precision": precision,
         "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "step_ms": round(step * 1000, 1),
         "step_samples_per_s": round(batch_size / step, 2),
@@ -74,11 +70,11 @@ def bench_preset(preset: str, data_root: Path, batch_size: int, steps: int, devi
 
 
 def measure(presets: list[str], batch_size: int, steps: int, device: torch.device,
-            precision: str = "fp32", compile: bool = False) -> list[dict]:
-    images = max(SYNTHETIC_IMAGES, batch_size * (steps + 1) // 8 + 1)  # ~14 sentences per scene
+            precision: str = "fp32") -> list[dict]:
+    images = max(SYNTHETIC_IMAGES, batch_size * (steps + 1) // 3 + 1)  # an epoch holds each scene's 3-7 objects once
     with tempfile.TemporaryDirectory(prefix="meres_bench_train_") as tmp:
         generate(tmp, images, seed=0, depth=False, split_fractions=(1.0, 0.0, 0.0))
-        return [bench_preset(p, Path(tmp), batch_size, steps, device, precision, compile) for p in presets]
+        return [bench_preset(p, Path(tmp), batch_size, steps, device, precision) for p in presets]
 
 
 def run(quick: bool, device: str = "cpu") -> dict:
@@ -96,11 +92,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="autocast as in training (fp16: CUDA only)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the step, as training's `compile: true`")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = measure(args.presets, args.batch_size, args.steps, torch.device(args.device), args.precision, args.compile)
+    results = measure(args.presets, args.batch_size, args.steps, torch.device(args.device), args.precision)
     print(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
                       "machine": machine(), "results": results}, indent=1))
 

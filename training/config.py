@@ -122,10 +122,6 @@ class TrainConfig:
     # torch intra-op threads per process (None: torch's default, one per core). On a shared
     # CPU, 1 avoids OpenMP threads stalling on cores that other processes hold.
     cpu_threads: Optional[int] = None
-    # torch.compile (Inductor) of the forward, losses and backward: fused kernels instead of one
-    # pass per op. Costs minutes of compilation at the start of each run (and once more when the
-    # token count first changes, then compiled for any); worth it for long runs (README, Training).
-    compile: bool = False
     # DDP: required while some parameters get no gradient (today extractor.mhsa.norm_kv in every
     # variant, and more in some ablations); costs one autograd-graph walk per step.
     find_unused_parameters: bool = True

@@ -241,8 +241,6 @@ class Trainer:
         loss_model = LossModel(self.model)
         self.ddp = (DistributedDataParallel(loss_model, find_unused_parameters=cfg.find_unused_parameters)
                     if rt.distributed else loss_model)
-        if cfg.compile:  # the parameters stay the model's: checkpoints and resume are unchanged
-            self.ddp = torch.compile(self.ddp)
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, cfg), lr=cfg.optim.lr,
                                            betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay)
         o = cfg.optim
