@@ -423,6 +423,7 @@ def test_centroid_topic_carries_only_metres(node, checkpoint):
 @pytest.mark.parametrize("bad, named", [
     ({"image_reliability": "reliabel"}, "image_reliability"),
     ({"precision": "half"}, "precision"),
+    ({"backend": "tensorrt"}, "backend"),
     ({"depth_min": 5.0, "depth_max": 2.0}, "depth_min"),
     ({"device": "gpu"}, "device"),
 ])

@@ -124,6 +124,8 @@ def test_parameter_problems_name_the_parameter():
     assert "depth_max" in parameter_problem("depth_min", 11.0, {"depth_max": 10.0})
     assert parameter_problem("depth_min", 0.2, {"depth_max": 10.0}) is None
     assert parameter_problem("precision", "bf16", {}) is None
+    assert "backend" in parameter_problem("backend", "tensorrt", {})
+    assert parameter_problem("backend", "compiled", {}) is None and parameter_problem("backend", "", {}) is None
 
 
 def test_health_reports_rates_latency_and_levels():
