@@ -95,6 +95,22 @@ def export(model: MERES, path: str | Path, metadata: Optional[dict] = None) -> P
     return path
 
 
+def fused_graph(path: Path, device: torch.device) -> bytes:
+    """The file's graph with onnxruntime's transformer fusions (GELU, LayerNorm), in memory.
+
+    onnxruntime's session-level optimizations leave the exporter's erf-GELU as Erf, Mul and Div
+    passes; its offline optimizer fuses them into its own Gelu / BiasGelu kernels (about 6%
+    faster on the demo model here). Done at load time so the file on disk keeps standard ONNX
+    operators for TensorRT and other runtimes.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # num_heads / hidden_size 0: no attention fusion is attempted (timm's window attention does not match it).
+    fused = optimize_model(str(path), model_type="swin", opt_level=1, use_gpu=device.type == "cuda",
+                           num_heads=0, hidden_size=0)
+    return fused.model.SerializeToString()
+
+
 class OnnxImagePath:
     """An onnxruntime session of an exported image path; call it like ImagePath (torch in, torch out)."""
 
@@ -113,7 +129,7 @@ class OnnxImagePath:
         # call and slow whatever runs next in the process (the node's callbacks, the next frame's
         # post-processing; in the benchmark, the next candidate ran 2x slower).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.session = ort.InferenceSession(fused_graph(self.path, device), options, providers=providers)
         meta = {k.removeprefix("meres."): json.loads(v)
                 for k, v in self.session.get_modelmeta().custom_metadata_map.items() if k.startswith("meres.")}
         expected = {"img_size": model.cfg.vision.img_size, "text_dim": model.text.dim}
