@@ -59,7 +59,11 @@ def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    capability = torch.backends.cpu.get_cpu_capability() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    if device.type == "cpu":  # the vector ISA Inductor compiles for, and the matrix units oneDNN may use
+        capability = (torch.backends.cpu.get_cpu_capability(), torch.cpu._is_amx_tile_supported(),
+                      torch.cpu._is_avx512_bf16_supported())
+    else:
+        capability = torch.cuda.get_device_name(device)
     for part in (FORMAT, dtype, device.type, model.cfg.vision.img_size, torch.__version__, platform.machine(), capability):
         digest.update(str(part).encode())
     return digest.hexdigest()[:20]
