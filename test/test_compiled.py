@@ -41,6 +41,11 @@ def test_compiled_backend_gives_the_eager_masks_and_compiles_once(tiny, scene, t
         for a, b in zip(eager.segment(scene, sentences), again.segment(scene, sentences)):
             np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
             assert (a.mask == b.mask).all() and a.found == b.found and a.centroid == b.centroid
+    # Text features of fewer tokens than the export's minimum ([CLS] [SEP] of an emptied sentence).
+    pixels, text, valid = torch.randn(1, 3, 64, 64), torch.randn(2, 2, model.text.dim), torch.ones(2, 2, dtype=torch.bool)
+    with torch.inference_mode():
+        expected = eager.model.decode(eager.model.encode_image(pixels), text, valid).logits
+        torch.testing.assert_close(again._image_path(pixels, text, valid), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_another_model_or_precision_gets_another_package(tiny):
