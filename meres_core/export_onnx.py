@@ -20,6 +20,8 @@ runs the file with onnxruntime. On a Jetson, TensorRT builds an engine from the 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -106,8 +108,12 @@ def fused_graph(path: Path, device: torch.device) -> bytes:
     from onnxruntime.transformers.optimizer import optimize_model
 
     # num_heads / hidden_size 0: no attention fusion is attempted (timm's window attention does not match it).
-    fused = optimize_model(str(path), model_type="swin", opt_level=1, use_gpu=device.type == "cuda",
-                           num_heads=0, hidden_size=0)
+    # The optimizer prints its shape-inference failures on stdout, where meres-segment writes JSON.
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        fused = optimize_model(str(path), model_type="swin", opt_level=1, use_gpu=device.type == "cuda",
+                               num_heads=0, hidden_size=0)
+    if printed.getvalue().strip():
+        log.debug("onnxruntime optimizer: %s", printed.getvalue().strip())
     return fused.model.SerializeToString()
 
 

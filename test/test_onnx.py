@@ -66,3 +66,12 @@ def test_a_file_exported_for_another_model_is_refused(exported):
         OnnxImagePath(path, other, torch.device("cpu"))
     with pytest.raises(ValueError, match="backend"):
         Segmenter(other, load_config("tiny"), device="cpu", backend="tensorrt")
+
+
+def test_loading_prints_nothing_on_stdout(exported, capfd):
+    """meres-segment writes JSON lines on stdout: onnxruntime's optimizer must not print there."""
+    from meres_core.export_onnx import fused_graph
+
+    capfd.readouterr()
+    fused_graph(exported[2], torch.device("cpu"))
+    assert capfd.readouterr().out == ""
