@@ -57,8 +57,6 @@ class ModelSource:
         from .device import set_cpu_threads
         from .inference import Segmenter
 
-        if self.backend and self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (or empty: the model's own), got {self.backend!r}")
         set_cpu_threads(self.threads)  # process-wide, so before the model is built and run
         options = {"device": self.device, "precision": self.precision, "backend": self.backend or None}
         if self.preset:

@@ -13,7 +13,6 @@ from meres_core.compiled import CompiledImagePath, package_key
 from meres_core.config import load_config
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
-from meres_core.model_source import ModelSource
 
 SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
 
@@ -70,8 +69,3 @@ def test_a_failed_compilation_names_the_fallback(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(compiled, "compile_package", no_compiler)
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*backend 'torch'"):
         CompiledImagePath(tiny[0], torch.float32, torch.device("cpu"), directory=tmp_path)
-
-
-def test_the_backend_is_chosen_before_the_model_is_built():
-    with pytest.raises(ValueError, match="backend must be one of torch, onnx, compiled"):
-        ModelSource(preset="tiny", backend="tensorrt").load()
