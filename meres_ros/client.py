@@ -258,15 +258,25 @@ class MeresClient:
             self.spin(0.1)
         return False
 
-    def set_expression(self, text: str, timeout: float = 30.0) -> None:
-        """Publish on /referring_expression and wait until the node says it uses it."""
+    def set_expression(self, text: str, timeout: float = 30.0, republish_after: float = 5.0) -> None:
+        """Publish on /referring_expression and wait until the node says it uses it.
+
+        Published again when the node still reports another sentence `republish_after` seconds
+        later: a node that has just started receives the latched history of every publisher of the
+        topic in no defined order, so another publisher's older sentence can land after ours.
+        """
         expected = "; ".join(parse_expressions(text))
         self.expression_pub.publish(String(data=text))
-        deadline = time.monotonic() + timeout
+        published_at = time.monotonic()
+        deadline = published_at + timeout
         while self.active_expression != expected:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 raise TimeoutError(f"the node did not take the expression {text[:60]!r} within {timeout} s "
                                    f"(it reports {self.active_expression!r})")
+            if now - published_at >= republish_after:
+                self.expression_pub.publish(String(data=text))
+                published_at = now
             self.spin(0.05)
 
     def next_header(self, frame_id: str) -> Header:
