@@ -15,8 +15,8 @@ run=runs/demo_gpu
 workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
 
 mkdir -p runs  # training.train generates the config's scenes first (one process per core)
-# init_from: the CPU stage, i.e. the demo model shipped before the GPU run.
-[[ -f runs/demo_cpu_stage.pt ]] || git show 121a084:meres_core/weights/meres_demo.pt > runs/demo_cpu_stage.pt
+# init_from: the shipped demo model (the config's init_from).
+[[ -f runs/demo_shipped.pt ]] || cp meres_core/weights/meres_demo.pt runs/demo_shipped.pt
 resume=(); [[ -f $run/latest.pt ]] && resume=(--resume)
 $py -m training.train --config $config --set data.num_workers=$workers "${resume[@]}" "$@"
 
