@@ -105,6 +105,9 @@ class ModelConfig:
     # 0 turns it off (`paper`).
     object_classes: int = 0
     object_weight: float = 1.0
+    # Not in the paper: logits += a x + b y + c with (a, b, c) linear in the pooled sentence
+    # features (model/position_prior.py). Off in `paper`.
+    sentence_position_prior: bool = False
 
 
 @dataclass

@@ -17,6 +17,7 @@ from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, upsample_logits
 from .object_head import ObjectCategoryHead, object_category_loss
+from .position_prior import SentencePositionPrior
 
 
 @dataclass
@@ -48,6 +49,7 @@ class MERES(nn.Module):
             self.extractor = VisualExpressionExtractor(cfg.extractor, d, cfg.num_heads)
         self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads,
                                            coord_features=cfg.coord_features)
+        self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
         self.object_head = ObjectCategoryHead(self.vision.channels, cfg.object_classes) if cfg.object_classes else None
 
     # -- the three stages, separable so inference can share one image over many sentences
@@ -70,6 +72,13 @@ class MERES(nn.Module):
         values of pixel attention, the decoder's image-side convolutions) runs once and is
         broadcast over the sentences, so each extra sentence costs only its own part.
         """
+        out = self._guide(features, text, text_valid)
+        if self.position_prior is not None:
+            out.logits = self.position_prior(out.logits, text, text_valid)
+        return out
+
+    def _guide(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor) -> MeresOutput:
+        """Enhancer, extractor and decoder for the configured guidance (Table 3)."""
         b = text.shape[0]
         f4 = append_coordinates(features[-1]) if self.cfg.coord_features else features[-1]
         h, w = f4.shape[-2:]
@@ -143,7 +152,7 @@ def count_parameters(model: MERES) -> dict[str, int]:
         "vision": n(model.vision) + n(model.pixel_proj) + n(model.object_head),
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
-        "decoder": n(model.decoder),
+        "decoder": n(model.decoder) + n(model.position_prior),
     }
     counts["total"] = sum(counts.values())
     return counts

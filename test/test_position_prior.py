@@ -1,0 +1,63 @@
+"""model.sentence_position_prior: a sentence-dependent slope over the logits (model/position_prior.py)."""
+import torch
+
+from meres_core.checkpoint import save_checkpoint
+from meres_core.config import load_config
+from meres_core.data.transforms import preprocess_image
+from meres_core.model.meres import MERES
+from meres_core.model.position_prior import SentencePositionPrior
+from training import train
+
+SENTENCES = ["the leftmost circle", "the rightmost circle"]
+
+
+def with_prior():
+    return load_config("tiny", overrides={"model": {"sentence_position_prior": True}})
+
+
+def test_warm_start_from_a_model_without_it_keeps_the_function_until_it_learns(tmp_path, tiny_cfg, scene):
+    torch.manual_seed(0)
+    old = MERES(tiny_cfg.model).eval()
+    save_checkpoint(tmp_path / "old.pt", old, tiny_cfg)
+    torch.manual_seed(1)
+    new = MERES(with_prior().model).eval()
+    train.warm_start(new, str(tmp_path / "old.pt"))
+    image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None]
+    ids, attention = new.tokenize(SENTENCES)
+    with torch.no_grad():
+        expected = old(image, ids, attention).logits
+        assert torch.allclose(new(image, ids, attention).logits, expected, atol=1e-5)
+        new.position_prior.proj.weight.normal_()
+        changed = new(image, ids, attention).logits
+    assert not torch.allclose(changed, expected, atol=1e-3)
+    assert not torch.allclose(changed[0] - expected[0], changed[1] - expected[1], atol=1e-3)  # per sentence
+
+
+def test_the_prior_is_a_plane_over_the_image():
+    prior = SentencePositionPrior(text_dim=4)
+    with torch.no_grad():
+        prior.proj.bias.copy_(torch.tensor([2.0, 0.0, 0.5]))  # a = 2, b = 0, c = 0.5
+    text, valid = torch.randn(1, 3, 4), torch.ones(1, 3, dtype=torch.bool)
+    out = prior(torch.zeros(1, 1, 2, 4), text, valid)[0, 0]
+    xs = torch.tensor([-0.75, -0.25, 0.25, 0.75])
+    assert torch.allclose(out, (2 * xs + 0.5).expand(2, 4))
+
+
+def test_it_learns_left_from_right_where_the_rest_of_the_model_cannot_tell_them_apart():
+    """Two sentences, one image: "left" wants the left half, "right" the right half. With everything
+    but the prior frozen, only the prior can separate them, and it does."""
+    torch.manual_seed(0)
+    text = torch.randn(2, 5, 8)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    prior = SentencePositionPrior(text_dim=8)
+    target = torch.zeros(2, 1, 6, 8)
+    target[0, ..., :4], target[1, ..., 4:] = 1.0, 1.0
+    optimizer = torch.optim.Adam(prior.parameters(), lr=0.05)
+    for _ in range(200):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(prior(torch.zeros(2, 1, 6, 8), text, valid), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        logits = prior(torch.zeros(2, 1, 6, 8), text, valid)
+    assert ((logits > 0).float() == target).all()
