@@ -5,7 +5,7 @@ from meres_core.checkpoint import save_checkpoint
 from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.meres import MERES
-from meres_core.model.position_prior import SentencePositionPrior
+from meres_core.model.position_prior import SCALE, SentencePositionPrior
 from training import train
 
 SENTENCES = ["the leftmost circle", "the rightmost circle"]
@@ -36,7 +36,7 @@ def test_warm_start_from_a_model_without_it_keeps_the_function_until_it_learns(t
 def test_the_prior_is_a_plane_over_the_image():
     prior = SentencePositionPrior(text_dim=4)
     with torch.no_grad():
-        prior.proj.bias.copy_(torch.tensor([2.0, 0.0, 0.5]))  # a = 2, b = 0, c = 0.5
+        prior.proj.bias.copy_(torch.tensor([2.0, 0.0, 0.5]) / SCALE)  # a = 2, b = 0, c = 0.5
     text, valid = torch.randn(1, 3, 4), torch.ones(1, 3, dtype=torch.bool)
     out = prior(torch.zeros(1, 1, 2, 4), text, valid)[0, 0]
     xs = torch.tensor([-0.75, -0.25, 0.25, 0.75])
