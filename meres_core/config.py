@@ -100,11 +100,6 @@ class ModelConfig:
     # Not in the paper: normalized x, y maps concatenated to F4 and the decoder's fusions, so
     # "leftmost" / "second from the left" can be resolved (model/coordinates.py). Off in `paper`.
     coord_features: bool = False
-    # Not in the paper: a training-only per-pixel category head on F2..F4 supervised by every object's
-    # instance mask (model/object_head.py). object_classes = largest category id + 1 (0 is background);
-    # 0 turns it off (`paper`).
-    object_classes: int = 0
-    object_weight: float = 1.0
     # Not in the paper: logits += a x + b y + c with (a, b, c) linear in the pooled sentence
     # features (model/position_prior.py). Off in `paper`.
     sentence_position_prior: bool = False
@@ -145,8 +140,6 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("at least one of use_global_cue / use_local_cue must be on")
     if m.dim % m.num_heads:
         raise ValueError("dim must be divisible by num_heads")
-    if m.object_classes < 0 or m.object_classes == 1:
-        raise ValueError("object_classes must be 0 (off) or the largest category id + 1 (background is 0)")
     if len(m.decoder_dims) != 4:
         raise ValueError("decoder_dims needs one width per stage F4..F1")
     if m.extractor.softmax_temperature is not None and m.extractor.softmax_temperature <= 0:

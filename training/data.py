@@ -42,17 +42,16 @@ OFFICIAL_DATASETS = ("refcoco", "refcoco+", "refcocog")
 
 def make_dataset(data: DataConfig, split: str, img_size: int, keep_original: bool = False,
                  limit: Optional[int] = None, categories: Optional[list[str]] = None,
-                 evaluation: bool = False, object_labels: bool = False) -> Dataset:
+                 evaluation: bool = False) -> Dataset:
     """A REFER split; `limit` keeps the first N samples (fixed, so periodic validation is comparable).
 
     `evaluation` on an official dataset: a broken sample raises (BrokenSampleError) instead of
     being skipped, so reported numbers are over the whole split. Elsewhere skips are counted
-    and evaluate_model reports them. `object_labels`: samples carry every object's category map
-    (ModelConfig.object_classes).
+    and evaluate_model reports them.
     """
     dataset = ReferDataset(data.root, dataset=data.dataset, split_by=data.split_by, split=split,
                            image_root=data.image_root, img_size=img_size, categories=categories,
-                           keep_original=keep_original, object_labels=object_labels,
+                           keep_original=keep_original,
                            skip_broken=not (evaluation and data.dataset in OFFICIAL_DATASETS))
     if limit is not None and limit < len(dataset):
         return Subset(dataset, range(limit))

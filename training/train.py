@@ -189,8 +189,8 @@ class LossModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, masks, input_ids, attention_mask, object_labels=None) -> dict[str, torch.Tensor]:
-        return self.model.compute_loss(self.model(images, input_ids, attention_mask), masks, object_labels)
+    def forward(self, images, masks, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        return self.model.compute_loss(self.model(images, input_ids, attention_mask), masks)
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -209,14 +209,7 @@ class Trainer:
         if rt.is_main:
             ensure_synthetic(cfg.data)
         rt.barrier()
-        object_classes = self.model_cfg.model.object_classes
-        self.train_set = make_dataset(cfg.data, cfg.data.train_split, img_size, categories=cfg.data.categories,
-                                      object_labels=object_classes > 0)
-        if object_classes:
-            largest = max(self.train_set.category_names)
-            if largest >= object_classes:
-                raise ValueError(f"model.object_classes is {object_classes} but {cfg.data.dataset} has category id "
-                                 f"{largest}: set it to {largest + 1} (ids, plus 0 for background)")
+        self.train_set = make_dataset(cfg.data, cfg.data.train_split, img_size, categories=cfg.data.categories)
         self.micro_batch = per_rank_batch(cfg, rt.world_size)
         weights = groups = None
         if cfg.data.balance_kinds:
@@ -388,13 +381,9 @@ class Trainer:
             sync = i == accumulation - 1 or not self.rt.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 input_ids, attention_mask = self.model.tokenize(batch["sentence"])
-                object_labels = batch.get("object_labels")
-                if object_labels is not None:
-                    object_labels = object_labels.to(device, non_blocking=True)
                 with autocast(self.dtype, device):
                     losses = self.ddp(batch["image"].to(device, non_blocking=True),
-                                      batch["mask"].to(device, non_blocking=True), input_ids, attention_mask,
-                                      object_labels)
+                                      batch["mask"].to(device, non_blocking=True), input_ids, attention_mask)
                 self.scaler.scale(losses["loss"] / accumulation).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item() / accumulation

@@ -28,7 +28,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from meres_core.data.transforms import preprocess_image, resize_labels, resize_mask
+from meres_core.data.transforms import preprocess_image, resize_mask
 
 COCO_IMAGE_ROOT = Path("images/mscoco/images/train2014")
 IMAGE_ROOTS = {"synth": Path("images")}  # relative to data_root; other datasets use COCO_IMAGE_ROOT
@@ -118,9 +118,7 @@ class ReferDataset(Dataset):
     A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
     of 0/1, sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
     dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
-    when `keep_original`, and with `object_labels` a LongTensor[S, S] object_labels: the
-    category id of every annotated object of the image at each pixel, 0 elsewhere (for
-    ModelConfig.object_classes; later annotations drawn over earlier ones). A broken sample (unreadable image, empty sentence, empty
+    when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
     with DataLoader workers each worker process keeps its own count. With
     `skip_broken=False` it raises BrokenSampleError instead (evaluation of official splits).
@@ -128,7 +126,7 @@ class ReferDataset(Dataset):
 
     def __init__(self, data_root, dataset: str = "refcoco", split_by: str = "unc", split: str = "train",
                  image_root=None, img_size: int = 480, categories: Optional[Iterable[Union[str, int]]] = None,
-                 keep_original: bool = False, skip_broken: bool = True, object_labels: bool = False):
+                 keep_original: bool = False, skip_broken: bool = True):
         if img_size < 1:
             raise ValueError("img_size must be positive")
         self.paths = refer_paths(data_root, dataset, split_by, image_root)
@@ -151,12 +149,6 @@ class ReferDataset(Dataset):
         needed_anns = {i for r in self.refs for i in _ann_ids(r)}
         self.images = {im["id"]: im for im in instances["images"] if im["id"] in needed_images}
         self.annotations = {a["id"]: a for a in instances["annotations"] if a["id"] in needed_anns}
-        self.image_annotations: Optional[dict[int, list[dict]]] = None
-        if object_labels:
-            self.image_annotations = {i: [] for i in needed_images}
-            for a in instances["annotations"]:
-                if a["image_id"] in self.image_annotations:
-                    self.image_annotations[a["image_id"]].append(a)
         self.samples = [(r, s) for r in self.refs for s in r["sentences"]]
         self.skipped: Counter = Counter()
 
@@ -203,13 +195,6 @@ class ReferDataset(Dataset):
             mask |= decode_segmentation(self.annotations[ann_id]["segmentation"], height, width)
         return mask
 
-    def object_label_map(self, image_id: int, height: int, width: int) -> np.ndarray:
-        """int64 (H, W): each annotated object's category id on its pixels, 0 on the rest."""
-        labels = np.zeros((height, width), np.int64)
-        for ann in self.image_annotations[image_id]:
-            labels[decode_segmentation(ann["segmentation"], height, width)] = int(ann["category_id"])
-        return labels
-
     def _skip(self, reason: str, ref: dict, sentence: dict) -> None:  # returns the None that marks a broken sample
         if not self.skip_broken:
             raise BrokenSampleError(f"{self.dataset} {self.split}: ref {ref['ref_id']} sent {sentence.get('sent_id')} "
@@ -247,9 +232,6 @@ class ReferDataset(Dataset):
             "kind": str(sentence.get("kind", self.dataset)),
             "no_target": no_target,
         }
-        if self.image_annotations is not None:
-            sample["object_labels"] = resize_labels(self.object_label_map(ref["image_id"], *image.shape[:2]),
-                                                    self.img_size)
         if self.keep_original:
             sample["orig_image"], sample["orig_mask"] = image, mask
         return sample

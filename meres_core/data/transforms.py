@@ -28,9 +28,3 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
     """Binary (H, W) mask -> float tensor (size, size) of 0 / 1 (nearest neighbour)."""
     resized = cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
     return torch.from_numpy(resized.astype(np.float32))
-
-
-def resize_labels(labels: np.ndarray, size: int) -> torch.Tensor:
-    """Integer label map (H, W) -> long tensor (size, size) (nearest neighbour)."""
-    resized = cv2.resize(labels.astype(np.int32), (size, size), interpolation=cv2.INTER_NEAREST)
-    return torch.from_numpy(resized.astype(np.int64))

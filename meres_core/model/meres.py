@@ -16,7 +16,6 @@ from .decoder import SegmentationDecoder
 from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, upsample_logits
-from .object_head import ObjectCategoryHead, object_category_loss
 from .position_prior import SentencePositionPrior
 
 
@@ -26,7 +25,6 @@ class MeresOutput:
     relevance: Optional[torch.Tensor]  # S (B, T, N), None when the guidance has no VE
     feature_size: tuple[int, int]  # (h, w) of F4, N = h * w
     tau: Optional[torch.Tensor]
-    object_logits: Optional[torch.Tensor] = None  # (B, K, H/8, W/8), training only (object_head.py)
 
 
 class MERES(nn.Module):
@@ -50,7 +48,6 @@ class MERES(nn.Module):
         self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads,
                                            coord_features=cfg.coord_features)
         self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
-        self.object_head = ObjectCategoryHead(self.vision.channels, cfg.object_classes) if cfg.object_classes else None
 
     # -- the three stages, separable so inference can share one image over many sentences
 
@@ -115,16 +112,10 @@ class MERES(nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MeresOutput:
         text, valid = self.encode_text(input_ids, attention_mask)
-        features = self.encode_image(images)
-        out = self.decode(features, text, valid)
-        if self.object_head is not None and self.training:
-            out.object_logits = self.object_head(features)
-        return out
+        return self.decode(self.encode_image(images), text, valid)
 
-    def compute_loss(self, out: MeresOutput, masks: torch.Tensor,
-                     object_labels: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
-        [+ object_weight * the category cross-entropy against `object_labels` (B, H, W) long]."""
+    def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -136,9 +127,6 @@ class MERES(nn.Module):
             contrastive = pixel_contrastive(out.relevance[:, 0], out.tau, positives)
             losses["contrastive"] = contrastive
             losses["loss"] = losses["loss"] + self.cfg.contrastive_weight * contrastive
-        if out.object_logits is not None and object_labels is not None:
-            losses["objects"] = object_category_loss(out.object_logits, object_labels)
-            losses["loss"] = losses["loss"] + self.cfg.object_weight * losses["objects"]
         return losses
 
 
@@ -149,7 +137,7 @@ def count_parameters(model: MERES) -> dict[str, int]:
 
     extractor = n(getattr(model, "enhancer", None)) + n(getattr(model, "extractor", None))
     counts = {
-        "vision": n(model.vision) + n(model.pixel_proj) + n(model.object_head),
+        "vision": n(model.vision) + n(model.pixel_proj),
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
         "decoder": n(model.decoder) + n(model.position_prior),
