@@ -144,9 +144,7 @@ class Listener:
         self.inference_ms[stamp] = float(msg.inference_time_ms)
 
     def wait(self, stamp: int, timeout: float) -> Optional[int]:
-        deadline = time.monotonic() + timeout
-        while stamp not in self.received and time.monotonic() < deadline:
-            self.client.spin(0.002)
+        self.client.spin_until(lambda: stamp in self.received, timeout)
         return self.received.get(stamp)
 
     def diagnostic(self, key: str, timeout: float = 5.0) -> Optional[str]:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import rclpy
@@ -247,6 +247,19 @@ class MeresClient:
             if remaining <= 0:
                 return
             self.executor.spin_once(timeout_sec=min(remaining, 0.05))
+
+    def spin_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Run callbacks until `done()` holds (checked after each) or `timeout` s pass; returns `done()`.
+
+        Blocks in the wait set between messages: a loop of short spins would cost this process a
+        fifth of a core, taken from the node it is measuring on a small CPU."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.executor.spin_once(timeout_sec=min(remaining, 0.05))
+        return True
 
     def wait_for_node(self, timeout: float = 60.0) -> bool:
         """True once the node is active: its ~/mask publisher and image subscription are both matched."""

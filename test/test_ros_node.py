@@ -891,3 +891,16 @@ def test_rviz_markers_show_the_target_box_and_sentence(oracle_node):
         assert label.pose.position.y < box.pose.position.y  # above it (y down)
     finally:
         client.node.destroy_subscription(subscription)
+
+
+def test_client_spin_until_runs_callbacks_until_the_condition_holds(ros_context):
+    client = MeresClient(context=ros_context, name="spin_until_probe", with_results=False)
+    try:
+        fired = []
+        client.node.create_timer(0.1, lambda: fired.append(time.monotonic()))
+        started = time.monotonic()
+        assert client.spin_until(lambda: len(fired) >= 3, timeout=10.0)
+        assert len(fired) == 3 and time.monotonic() - started < 5.0  # returned once the third callback ran
+        assert not client.spin_until(lambda: False, timeout=0.3)
+    finally:
+        client.destroy()
