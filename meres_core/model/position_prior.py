@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .coordinates import cell_centres
+
 
 # (a, b, c) = SCALE * Linear(sentence): an Adam step moves the slopes SCALE times as far. Unscaled,
 # 300 steps at the demo recipe's lr 5e-4 left them at |a| < 0.3, too small to change a mask.
@@ -33,7 +35,6 @@ class SentencePositionPrior(nn.Module):
         sentence = (text * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D_t), mean pooling
         a, b, c = (SCALE * self.proj(sentence)).to(logits.dtype).unbind(-1)  # (B,) each
         h, w = logits.shape[-2:]
-        ys = (torch.arange(h, device=logits.device, dtype=logits.dtype) + 0.5) / h * 2 - 1  # as coordinates.py
-        xs = (torch.arange(w, device=logits.device, dtype=logits.dtype) + 0.5) / w * 2 - 1
+        ys, xs = cell_centres(h, logits), cell_centres(w, logits)
         prior = a[:, None, None] * xs[None, None, :] + b[:, None, None] * ys[None, :, None] + c[:, None, None]
         return logits + prior[:, None]  # (B, 1, h, w)
