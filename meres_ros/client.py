@@ -241,12 +241,8 @@ class MeresClient:
                            f"{None if last is None else (last.level, last.message)}")
 
     def spin(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self.executor.spin_once(timeout_sec=min(remaining, 0.05))
+        """Run callbacks for `seconds`."""
+        self.spin_until(lambda: False, seconds)
 
     def spin_until(self, done: Callable[[], bool], timeout: float) -> bool:
         """Run callbacks until `done()` holds (checked after each) or `timeout` s pass; returns `done()`.

@@ -43,11 +43,9 @@ def heldout(tmp_path_factory):
 
 
 def test_probe_runs_on_held_out_scenes_and_writes_json(heldout, tmp_path):
-    instances = json.loads((heldout / "synth" / "instances.json").read_text())
-    expected = sum(len(scene_pairs([SceneObject(a["id"], {c["id"]: c["name"] for c in instances["categories"]}[a["category_id"]],
-                                                a.get("color"), a["bbox"][0] + a["bbox"][2] / 2, a["area"])
-                                    for a in instances["annotations"] if a["image_id"] == im["id"]]))
-                   for im in instances["images"])
+    scenes, names = word_probe.load_scenes(heldout, None)
+    assert len(scenes) == 6
+    expected = sum(len(scene_pairs(word_probe.scene_objects(anns, names))) for _, anns in scenes)
     assert expected > 0
     summary = word_probe.main(["--checkpoint", "demo", "--data-root", str(heldout), "--split", "all",
                                "--out", str(tmp_path / "probe.json")])
@@ -55,4 +53,3 @@ def test_probe_runs_on_held_out_scenes_and_writes_json(heldout, tmp_path):
     for row in summary.values():
         assert 0.0 <= row["mask_iou"] <= 1.0 and row["both_on_target"] + row["swapped"] <= 1.0
     assert json.loads((tmp_path / "probe.json").read_text())["pairs"] == summary
-

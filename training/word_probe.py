@@ -26,7 +26,7 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from meres_core.data.refer import decode_segmentation
+from meres_core.data.refer import decode_segmentation, load_refs
 from meres_core.inference import Segmenter
 from meres_core.metrics import centroid_on_target
 
@@ -106,32 +106,32 @@ class PairScores:
         return out
 
 
-def load_scenes(root: Path, split: Optional[str]) -> list[tuple[dict, list[dict]]]:
-    """(image info, its annotations) of the images of `split` (all images when None)."""
+def scene_objects(annotations: list[dict], category_names: dict[int, str]) -> list[SceneObject]:
+    """The objects of one image from its instances.json annotations."""
+    return [SceneObject(a["id"], category_names[a["category_id"]], a.get("color"), a["bbox"][0] + a["bbox"][2] / 2,
+                        a["area"]) for a in annotations]
+
+
+def load_scenes(root: Path, split: Optional[str]) -> tuple[list[tuple[dict, list[dict]]], dict[int, str]]:
+    """(image info, its annotations) of the images of `split` (all images when None), and the category names."""
     instances = json.loads((root / "synth" / "instances.json").read_text())
     image_ids = None
     if split is not None:
-        import pickle
-
-        refs = pickle.loads((root / "synth" / "refs(synth).p").read_bytes())
-        image_ids = {r["image_id"] for r in refs if r["split"] == split}
+        image_ids = {r["image_id"] for r in load_refs(root / "synth" / "refs(synth).p") if r["split"] == split}
     annotations = defaultdict(list)
     for a in instances["annotations"]:
         annotations[a["image_id"]].append(a)
     names = {c["id"]: c["name"] for c in instances["categories"]}
-    for anns in annotations.values():
-        for a in anns:
-            a["category_name"] = names[a["category_id"]]
-    return [(im, annotations[im["id"]]) for im in instances["images"] if image_ids is None or im["id"] in image_ids]
+    scenes = [(im, annotations[im["id"]]) for im in instances["images"] if image_ids is None or im["id"] in image_ids]
+    return scenes, names
 
 
 def probe(segmenter: Segmenter, root: Path, split: Optional[str] = "test", images: Optional[int] = None) -> dict:
     scores = PairScores()
-    for info, anns in load_scenes(root, split)[:images]:
+    scenes, names = load_scenes(root, split)
+    for info, anns in scenes[:images]:
         h, w = info["height"], info["width"]
-        objects = [SceneObject(a["id"], a["category_name"], a.get("color"), a["bbox"][0] + a["bbox"][2] / 2, a["area"])
-                   for a in anns]
-        pairs = scene_pairs(objects)
+        pairs = scene_pairs(scene_objects(anns, names))
         if not pairs:
             continue
         bgr = cv2.imread(str(root / "images" / info["file_name"]), cv2.IMREAD_COLOR)
