@@ -62,6 +62,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, RegionOfInterest
 from std_msgs.msg import String
@@ -145,9 +146,12 @@ SPIN_PERIOD_S = 0.1
 DIAGNOSTICS_PERIOD_S = 1.0
 # A depth / camera_info stream counts as live (worth waiting for) while its newest stamp is this close.
 LIVE_STREAM_WINDOW_NS = 1_000_000_000
-# A sentence heard on both expression subscriptions this close together is one message twice: live first,
-# the history subscription may be created (graph checked at 1 Hz) and replay it seconds later; history
-# first, the live copy follows within milliseconds.
+# Iron and later pass a two-argument subscription callback the message info, whose source timestamp
+# identifies one publish: the two copies of a latched sentence are then recognized exactly.
+MESSAGE_INFO_CALLBACKS = hasattr(Subscription, "CallbackType")
+# Humble only: a sentence heard on both expression subscriptions this close together is one message twice:
+# live first, the history subscription may be created (graph checked at 1 Hz) and replay it seconds later;
+# history first, the live copy usually follows within milliseconds.
 LATCHED_COPY_WINDOWS_S = (5.0, 1.0)
 DIAGNOSTIC_LEVELS = {health.OK: DiagnosticStatus.OK, health.WARN: DiagnosticStatus.WARN,
                      health.ERROR: DiagnosticStatus.ERROR}
@@ -297,8 +301,8 @@ class MeresNode(LifecycleNode):
             self._set_expressions(self._expressions_parameter(), origin="parameter expressions")
         else:  # tell ~/expression listeners what the node holds (nothing yet, or what it had before a cleanup)
             self._outputs["expression"].publish(String(data="; ".join(self._expressions.texts)))
-        self._expression_subscription = self.create_subscription(String, EXPRESSION_TOPIC, self._on_live_expression,
-                                                                 EXPRESSION_QOS)
+        self._expression_subscription = self.create_subscription(
+            String, EXPRESSION_TOPIC, self._expression_callback(from_history=False), EXPRESSION_QOS)
         self._watch_latched_publishers()
         service_type = segment_service_type()
         if service_type is not None and self._result_types is not None:
@@ -493,18 +497,26 @@ class MeresNode(LifecycleNode):
                 "a volatile publisher of the expression topic does not match the latched-history subscription "
                 "(expected: the volatile subscription hears it)"))
             self._history_subscription = self.create_subscription(
-                String, EXPRESSION_TOPIC, self._on_latched_expression, EXPRESSION_HISTORY_QOS, event_callbacks=quiet)
+                String, EXPRESSION_TOPIC, self._expression_callback(from_history=True), EXPRESSION_HISTORY_QOS,
+                event_callbacks=quiet)
         elif not latched and self._history_subscription is not None:
             self.destroy_subscription(self._history_subscription)
             self._history_subscription = None
 
-    def _on_live_expression(self, msg: String) -> None:
-        if self._latched_copies.take_live(msg.data):
-            self._take_expression(msg.data, EXPRESSION_TOPIC)
+    def _expression_callback(self, from_history: bool):
+        """The callback of one expression subscription, with the message info where the distro passes it."""
+        take = self._latched_copies.take_history if from_history else self._latched_copies.take_live
+        origin = f"{EXPRESSION_TOPIC} (latched)" if from_history else EXPRESSION_TOPIC
 
-    def _on_latched_expression(self, msg: String) -> None:
-        if self._latched_copies.take_history(msg.data):
-            self._take_expression(msg.data, f"{EXPRESSION_TOPIC} (latched)")
+        def on_expression(msg: String, info) -> None:
+            if take(msg.data, info.get("source_timestamp") or None):  # 0: not reported by the middleware
+                self._take_expression(msg.data, origin)
+
+        def on_expression_humble(msg: String) -> None:
+            if take(msg.data):
+                self._take_expression(msg.data, origin)
+
+        return on_expression if MESSAGE_INFO_CALLBACKS else on_expression_humble
 
     def _take_expression(self, text: str, origin: str) -> None:
         try:

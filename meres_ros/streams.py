@@ -141,21 +141,31 @@ class LatchedCopies:
     A latched publisher's message arrives on both, in either order (two readers), and
     the history subscription, created when such a publisher appears, replays what the
     live one may have heard seconds before. Applying the copy again would make a new
-    request, or undo a newer sentence from another publisher. Text is all the two
-    copies share, so: a history sentence heard live within `live_first_window_s` is a
-    copy; a live sentence is a copy only right after (`history_first_window_s`) the
-    same text was taken from the history, with nothing taken in between.
+    request, or undo a newer sentence from another publisher.
+
+    Iron and later hand the callback the sample's source timestamp, the publisher's stamp
+    of that one publish, which both copies carry: a copy is then exactly a (text, stamp)
+    taken before, however late it comes. Humble's callbacks get the text alone (`stamp`
+    None), and arrival times decide: a history sentence heard live within
+    `live_first_window_s` is a copy; a live sentence is a copy only right after
+    (`history_first_window_s`) the same text was taken from the history, with nothing taken
+    in between. A copy delayed past those windows (a busy executor) is taken twice there.
     """
+
+    REMEMBERED_PUBLISHES = 256  # (text, stamp) pairs kept; a replay is of the last few publishes
 
     def __init__(self, live_first_window_s: float, history_first_window_s: float):
         self.live_first_window_s = live_first_window_s
         self.history_first_window_s = history_first_window_s
+        self._taken_publishes: deque[tuple[str, int]] = deque(maxlen=self.REMEMBERED_PUBLISHES)
         self._heard_live: dict[str, float] = {}  # text -> monotonic time
         self._taken_from_history: Optional[tuple[str, float]] = None  # the last sentence taken, if from the history
         self._lock = threading.Lock()
 
-    def take_live(self, text: str) -> bool:
+    def take_live(self, text: str, stamp: Optional[int] = None) -> bool:
         """A sentence from the volatile subscription. True: take it; False: it is a copy."""
+        if stamp is not None:
+            return self._take_publish(text, stamp)
         now = time.monotonic()
         with self._lock:
             self._heard_live = {t: at for t, at in self._heard_live.items() if now - at < self.live_first_window_s}
@@ -163,14 +173,23 @@ class LatchedCopies:
             last, self._taken_from_history = self._taken_from_history, None  # a pair completes only once
             return not (last is not None and last[0] == text and now - last[1] < self.history_first_window_s)
 
-    def take_history(self, text: str) -> bool:
+    def take_history(self, text: str, stamp: Optional[int] = None) -> bool:
         """A sentence from the transient-local subscription. True: take it; False: it is a copy."""
+        if stamp is not None:
+            return self._take_publish(text, stamp)
         now = time.monotonic()
         with self._lock:
             at = self._heard_live.get(text)
             if at is not None and now - at < self.live_first_window_s:
                 return False
             self._taken_from_history = (text, now)
+            return True
+
+    def _take_publish(self, text: str, stamp: int) -> bool:
+        with self._lock:
+            if (text, stamp) in self._taken_publishes:
+                return False
+            self._taken_publishes.append((text, stamp))
             return True
 
 

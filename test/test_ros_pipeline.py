@@ -116,6 +116,20 @@ def test_latched_copy_of_a_live_sentence_is_recognized_in_either_order():
     assert expired.take_live("the red mug")
 
 
+def test_latched_copies_with_the_publishers_stamp_are_recognized_however_late():
+    # Windows of 0 s: only the (text, source stamp) pair decides, as on Iron and later.
+    copies = LatchedCopies(live_first_window_s=0.0, history_first_window_s=0.0)
+    assert copies.take_history("the red mug", stamp=100)
+    assert not copies.take_live("the red mug", stamp=100)  # its live copy, seconds later on a busy executor
+    assert copies.take_live("the red mug", stamp=200)  # the same text published again: a new request
+    assert not copies.take_history("the red mug", stamp=200)
+    assert not copies.take_history("the red mug", stamp=100)  # replayed by a re-created history subscription
+    assert copies.take_live("the cup", stamp=100)  # another publisher's sentence with the same stamp
+    for stamp in range(300, 300 + LatchedCopies.REMEMBERED_PUBLISHES):  # memory is bounded
+        assert copies.take_live("the bowl", stamp=stamp)
+    assert copies.take_history("the red mug", stamp=100)
+
+
 def test_parameter_problems_name_the_parameter():
     assert "image_reliability" in parameter_problem("image_reliability", "reliabel", {})
     assert "precision" in parameter_problem("precision", "half", {})
