@@ -100,8 +100,8 @@ class ModelConfig:
     # Not in the paper: normalized x, y maps concatenated to F4 and the decoder's fusions, so
     # "leftmost" / "second from the left" can be resolved (model/coordinates.py). Off in `paper`.
     coord_features: bool = False
-    # Not in the paper: logits += a x + b y + c with (a, b, c) linear in the pooled sentence
-    # features (model/position_prior.py). Off in `paper`.
+    # Not in the paper: logits += a plane over the image and a step about the mask's own centroid,
+    # their coefficients linear in the pooled sentence features (model/position_prior.py). Off in `paper`.
     sentence_position_prior: bool = False
 
 
