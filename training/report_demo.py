@@ -6,7 +6,7 @@
 Three evaluations with `training.evaluate` (original resolution, fp32, the checkpoint's own
 decision thresholds):
   - `synthetic_test`: the test split of the meres-synth scenes the model was trained on,
-  - `heldout_test`: scenes of the independent renderer (training/heldout_scenes.py, 400 images,
+  - `heldout_test`: scenes of the independent renderer (training/heldout_scenes/, 400 images,
     seed 1, generated under --heldout-root when missing), never seen in training,
   - `fixture`: a few meres-synth scenes small enough to re-evaluate in the test suite
     (test/test_shipped_model.py checks that a fresh evaluation matches the recorded one).

@@ -2,7 +2,7 @@
 
     python -m training.word_probe --checkpoint demo --data-root runs/heldout_scenes [--split test] [--images 200]
 
-For each scene of a synthetic REFER dataset (meres-synth or training/heldout_scenes.py, whose
+For each scene of a synthetic REFER dataset (meres-synth or training/heldout_scenes/, whose
 instances.json carry category, colour and box of every object) two sentences that differ in one
 qualifier are segmented on the same image, each naming its own object:
   left/right      "the leftmost {shape}" / "the rightmost {shape}"   (two or more of that shape)

@@ -1,0 +1,4 @@
+"""`python -m training.heldout_scenes`: the command line."""
+from .writer import main
+
+main()
