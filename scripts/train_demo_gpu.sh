@@ -2,8 +2,8 @@
 # The demo model on one GPU, end to end (training/configs/demo_synth_gpu.yaml):
 # training (generates the scenes first; resumes a stopped run) -> presence calibration on val -> fp16 export.
 # Everything lands in runs/demo_gpu. Then record the evaluation and ship (README "Demo model"):
-#   python -m training.report_demo --checkpoint runs/demo_gpu/meres_demo.pt --synthetic-root runs/demo_gpu/data \
-#       --heldout-root runs/heldout_scenes --out runs/demo_gpu/meres_demo_eval.json --synthetic-limit 4000 --num-workers 8
+#   python -m training.report_demo --checkpoint runs/demo_gpu/meres_demo.pt --synthetic-root runs/synth_test \
+#       --heldout-root runs/heldout_scenes --out runs/demo_gpu/meres_demo_eval.json --num-workers 8
 #   cp runs/demo_gpu/meres_demo.pt runs/demo_gpu/meres_demo_eval.json meres_core/weights/
 #
 #   scripts/train_demo_gpu.sh [--set KEY=VALUE ...]     # extra arguments go to training.train

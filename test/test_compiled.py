@@ -19,9 +19,13 @@ SENTENCES = ["the red circle", "the blue square on the right side of the picture
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = load_config("tiny", overrides={"model": {"coord_features": True}})
+    # The demo model's deviations, the position prior with non-zero weights so that it acts.
+    cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True}})
     torch.manual_seed(0)
-    return MERES(cfg.model).eval(), cfg
+    model = MERES(cfg.model).eval()
+    with torch.no_grad():
+        model.position_prior.proj.weight.normal_(0.0, 0.3)
+    return model, cfg
 
 
 @pytest.mark.skipif(not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "clang++", "c++")))),

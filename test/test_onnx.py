@@ -19,9 +19,12 @@ def exported(tmp_path_factory):
     from meres_core.config import load_config
     from meres_core.model.meres import MERES
 
-    cfg = load_config("tiny", overrides={"model": {"coord_features": True}})
+    # The demo model's deviations, the position prior with non-zero weights so that it acts.
+    cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True}})
     torch.manual_seed(0)
     model = MERES(cfg.model).eval()
+    with torch.no_grad():
+        model.position_prior.proj.weight.normal_(0.0, 0.3)
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
     return model, cfg, path
 

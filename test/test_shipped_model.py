@@ -11,9 +11,10 @@ from training import report_demo
 RECORD = resolve_checkpoint("demo").with_name("meres_demo_eval.json")
 
 
-def test_shipped_checkpoint_loads_with_coordinate_maps():
+def test_shipped_checkpoint_loads_with_the_demo_presets_deviations():
     segmenter = Segmenter.from_checkpoint("demo", device="cpu")
-    assert segmenter.cfg.model.coord_features
+    assert segmenter.cfg.model.coord_features and segmenter.cfg.model.sentence_position_prior
+    assert not segmenter.cfg.model.extractor.divide_by_k
     assert segmenter.metadata.get("train_config", {}).get("preset") == "demo"
 
 
