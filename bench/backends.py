@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import fixture_samples, interleaved, machine, mask_iou, ratio, section_main, target
+from meres_core.metrics import mask_iou
+
+from .common import fixture_samples, interleaved, machine, ratio, section_main, target
 
 
 def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str, compiled=None) -> dict:

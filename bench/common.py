@@ -98,12 +98,6 @@ def best(times: dict[str, dict], name: str) -> float:
     return times[name]["min_s"]
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks; two empty masks agree fully."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def fixture_samples(folder: Path, images: int = 4, seed: int = 11) -> list[tuple[np.ndarray, list[str]]]:
     """Real scenes for agreement checks: meres-synth test scenes (the fixture the tests evaluate the
     demo model on, training/report_demo.FIXTURE), as (RGB image, its sentences)."""

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import best, fixture_samples, interleaved, machine, mask_iou, ratio, section_main, target
+from meres_core.metrics import mask_iou
+
+from .common import best, fixture_samples, interleaved, machine, ratio, section_main, target
 
 SENTENCES = ["the red mug left of the laptop", "the blue bowl", "the second star from the left",
              "the smaller green circle near the top", "the banana", "the box behind the cup",

@@ -90,6 +90,12 @@ class SegmentationMetrics:
         return out
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two boolean masks; two empty masks agree fully."""
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
 def centroid_on_target(centroid: Optional[tuple[float, float]], gt: np.ndarray) -> bool:
     """Whether the (u, v) pixel centroid falls on the ground-truth mask (False when None)."""
     if centroid is None:

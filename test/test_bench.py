@@ -6,7 +6,7 @@ import types
 import pytest
 
 from bench import __main__ as bench
-from bench.common import interleaved, mask_iou, target
+from bench.common import interleaved, target
 
 
 def test_target_records_value_limit_and_verdict():
@@ -23,18 +23,6 @@ def test_interleaved_times_every_candidate_each_round():
     assert calls == ["a", "b"] * 4
     assert set(times) == {"a", "b"} and len(times["a"]["samples_s"]) == 3
     assert times["a"]["min_s"] <= times["a"]["median_s"]
-
-
-def test_mask_iou():
-    import numpy as np
-
-    a = np.zeros((4, 4), bool)
-    assert mask_iou(a, a) == 1.0
-    b = a.copy()
-    b[0, :2] = True
-    c = b.copy()
-    c[1, :2] = True
-    assert mask_iou(b, c) == 0.5
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table, plot_pr_curves
+from meres_core.metrics import (PixelPR, SegmentationMetrics, calibrate_presence, format_table, mask_iou,
+                                plot_pr_curves)
 
 
 def box(shape, y0, y1, x0, x1):
@@ -147,3 +148,13 @@ def test_presence_calibration_picks_the_threshold_that_separates_found_from_abse
     assert calibrate_presence(scores, has_target, mask_threshold=0.5)["threshold"] == 0.61  # first above 0.6
     with pytest.raises(ValueError):
         calibrate_presence([0.5], [True])
+
+
+def test_mask_iou():
+    a = np.zeros((4, 4), bool)
+    assert mask_iou(a, a) == 1.0
+    b = a.copy()
+    b[0, :2] = True
+    c = b.copy()
+    c[1, :2] = True
+    assert mask_iou(b, c) == 0.5

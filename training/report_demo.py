@@ -32,9 +32,14 @@ FIXTURE = {"images": 4, "seed": 11}  # meres-synth scenes, all in the test split
 COMPARED = ("n", "mIoU", "oIoU", "on_target", "found")  # what the fixture test compares
 
 
-def fixture_scenes(folder: Path) -> Path:
-    generate(folder, FIXTURE["images"], seed=FIXTURE["seed"], depth=False, split_fractions=(0.0, 0.0, 1.0))
+def scenes_in_test_split(folder: Path, images: int, seed: int, **options) -> Path:
+    """meres-synth scenes without depth, every one in the test split."""
+    generate(folder, images, seed=seed, depth=False, split_fractions=(0.0, 0.0, 1.0), **options)
     return folder
+
+
+def fixture_scenes(folder: Path) -> Path:
+    return scenes_in_test_split(folder, FIXTURE["images"], FIXTURE["seed"])
 
 
 def evaluate_on(checkpoint: str, root: Path, out: Path, workers: int = 0, limit: int | None = None) -> dict:
@@ -56,8 +61,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     synthetic, heldout = Path(args.synthetic_root), Path(args.heldout_root)
     if not (synthetic / "meta.json").is_file():
-        generate(synthetic, SYNTHETIC_TEST["images"], seed=SYNTHETIC_TEST["seed"], depth=False,
-                 split_fractions=(0.0, 0.0, 1.0), absent_fraction=SYNTHETIC_TEST["absent_fraction"])
+        scenes_in_test_split(synthetic, SYNTHETIC_TEST["images"], SYNTHETIC_TEST["seed"],
+                             absent_fraction=SYNTHETIC_TEST["absent_fraction"])
     if not (heldout / "meta.json").is_file():
         heldout_scenes.generate(heldout, HELDOUT["images"], seed=HELDOUT["seed"])
     work = Path(args.work)

@@ -28,7 +28,7 @@ import numpy as np
 
 from meres_core.data.refer import decode_segmentation, load_refs
 from meres_core.inference import Segmenter
-from meres_core.metrics import centroid_on_target
+from meres_core.metrics import centroid_on_target, mask_iou
 
 PAIR_KINDS = ("left/right", "bigger/smaller", "colour", "shape")
 AREA_RATIO = 1.5  # "bigger" needs an unambiguous answer
@@ -75,11 +75,6 @@ def scene_pairs(objects: list[SceneObject]) -> list[Pair]:
         a, b = single[:2]
         pairs.append(Pair("shape", (f"the {a.category}", f"the {b.category}"), (a.ann_id, b.ann_id)))
     return pairs
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 1.0
 
 
 class PairScores:
