@@ -160,6 +160,58 @@ def test_per_ref_epoch_draws_one_sentence_of_every_ref_and_resumes():
         ResumableSampler(samples, 1, 0, seed=0, weights=torch.ones(len(samples)), groups=groups)
 
 
+def test_sentences_per_image_draws_runs_of_one_image_kind_balanced_and_resumes():
+    image_ids = [i // 10 for i in range(400)]  # 40 images of 10 sentences
+    kinds = ["attribute" if i % 10 < 8 else "ordinal" for i in range(400)]
+    weights = kind_balancing_weights(kinds)
+
+    def epoch(rank, start=0, balanced=True):
+        sampler = ResumableSampler(list(range(400)), 2, rank, seed=1, weights=weights if balanced else None,
+                                   sentences_per_image=4, image_ids=image_ids)
+        sampler.set_epoch(3, start)
+        return sampler, list(sampler)
+
+    def ordinal_share_of_companions(order):
+        companions = [i for position, i in enumerate(order) if position % 4]
+        return sum(kinds[i] == "ordinal" for i in companions) / len(companions)
+
+    sampler, order = epoch(0)
+    assert len(order) == len(sampler) == 200
+    runs = [order[i:i + 4] for i in range(0, len(order), 4)]
+    assert all(len({image_ids[i] for i in run}) == 1 for run in runs)  # each run is about one image
+    assert all(len(set(run)) == 4 for run in runs)  # distinct sentences while the image has enough
+    # companions are drawn by the kind weights too (an image has 2 ordinal of 10: 0.2 drawn uniformly)
+    assert ordinal_share_of_companions(order) > 0.3 > ordinal_share_of_companions(epoch(0, balanced=False)[1])
+    assert epoch(0, start=6)[1] == order[6:]
+    assert epoch(1)[1] != order
+    with pytest.raises(ValueError, match="image id"):
+        ResumableSampler(list(range(400)), 1, 0, seed=0, sentences_per_image=2)
+
+
+def test_a_run_of_sentences_encodes_its_image_once_with_the_same_loss(tmp_path, scene_root):
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=4,
+                          data={"sentences_per_image": 2}, eval={"overlays": 0})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    trainer.sampler.set_epoch(0)
+    batch = next(iter(trainer.loader))
+    images, image_index = train.distinct_images(batch)
+    assert len(images) == len(set(batch["image_id"].tolist())) < len(batch["image"])
+    assert torch.equal(images[image_index], batch["image"])
+    calls = []
+    trainer.model.vision.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    ids, attention = trainer.model.tokenize(batch["sentence"])
+    trainer.model.eval()  # no dropout: the two forwards compute the same function
+    with torch.no_grad():
+        shared = trainer.ddp(images, batch["mask"], ids, attention, image_index)["loss"]
+        each = trainer.ddp(batch["image"], batch["mask"], ids, attention)["loss"]
+    assert calls == [len(images), len(batch["image"])]
+    assert torch.allclose(shared, each, atol=1e-5)
+    with pytest.raises(ValueError, match="multiple of data.sentences_per_image"):
+        bad = write_config(tmp_path / "bad.yaml", scene_root, tmp_path / "run2", batch_size=3,
+                           data={"sentences_per_image": 2})
+        train.Trainer(load_train_config(bad), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+
+
 def test_epoch_convention_is_a_config_choice_defaulting_to_the_peers():
     assert DataConfig().epoch == "ref"
     with pytest.raises(ValueError, match="balance_kinds.*data.epoch: sentence"):

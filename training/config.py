@@ -59,6 +59,10 @@ class DataConfig:
     # Draw training sentences so that every sentence `kind` has the same share (with replacement,
     # a fixed order per (seed, epoch)). Kinds belong to sentences, not refs: needs epoch "sentence".
     balance_kinds: bool = False
+    # Training draws runs of this many sentences about one image (training/data.py ResumableSampler):
+    # the image is encoded once per run, and the batch contrasts sentences of one scene. The
+    # per-rank batch must be a multiple of it.
+    sentences_per_image: int = 1
     synthetic: Optional[SyntheticConfig] = None
 
 

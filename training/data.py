@@ -79,17 +79,35 @@ class ResumableSampler(DistributedSampler):
     with replacement (torch.multinomial), split across ranks like DistributedSampler's order.
     With `groups` (sample indices per ref), an epoch is one shuffled pass over the groups,
     taking one sample of each at random (data.epoch "ref", as LAVT / CGFormer).
+
+    With `sentences_per_image` k > 1 (`image_ids`: each sample's image), each sample of that
+    order, an anchor, comes with k - 1 other sentences of its image drawn after it (by weight,
+    without replacement while the image has enough): the trainer encodes the image once for the
+    run, and a batch holds several sentences about one scene with different targets. The epoch
+    keeps its length in samples (num_samples // k anchors per rank).
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int,
-                 weights: Optional[torch.Tensor] = None, groups: Optional[list[list[int]]] = None):
+                 weights: Optional[torch.Tensor] = None, groups: Optional[list[list[int]]] = None,
+                 sentences_per_image: int = 1, image_ids: Optional[list[int]] = None):
         if weights is not None and groups is not None:
             raise ValueError("sampling weights and groups exclude each other: weights draw samples, groups refs")
         units = dataset if groups is None else range(len(groups))  # what one epoch passes over
         super().__init__(units, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
         if weights is not None and len(weights) != len(dataset):
             raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} samples")
+        if sentences_per_image < 1:
+            raise ValueError(f"sentences_per_image must be >= 1, got {sentences_per_image}")
         self.weights, self.groups = weights, groups
+        self.per_image = sentences_per_image
+        self.samples_of_image: dict[int, list[int]] = {}
+        if sentences_per_image > 1:
+            if image_ids is None or len(image_ids) != len(dataset):
+                raise ValueError("sentences_per_image > 1 needs the image id of every sample")
+            self.image_ids = image_ids
+            for index, image_id in enumerate(image_ids):
+                self.samples_of_image.setdefault(image_id, []).append(index)
+            self.num_samples -= self.num_samples % sentences_per_image
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
@@ -108,6 +126,18 @@ class ResumableSampler(DistributedSampler):
         mine = groups[self.rank: self.total_size: self.num_replicas].tolist()
         return iter(self.groups[g][int(draws[g] * len(self.groups[g]))] for g in mine)
 
+    def _with_companions(self, anchors):
+        """Each anchor, then k - 1 other samples of its image (fixed per (seed, epoch, rank))."""
+        generator = torch.Generator().manual_seed(self.seed + self.epoch + 1_000_003 * (self.rank + 1))
+        for anchor in itertools.islice(anchors, self.num_samples // self.per_image):
+            yield anchor
+            others = [i for i in self.samples_of_image[self.image_ids[anchor]] if i != anchor] or [anchor]
+            weights = (self.weights[others] if self.weights is not None
+                       else torch.ones(len(others), dtype=torch.double))
+            picks = torch.multinomial(weights, self.per_image - 1, replacement=len(others) < self.per_image - 1,
+                                      generator=generator)
+            yield from (others[i] for i in picks.tolist())
+
     def __iter__(self):
         if self.groups is not None:
             order = self._one_per_group_order()
@@ -115,6 +145,8 @@ class ResumableSampler(DistributedSampler):
             order = self._weighted_order()
         else:
             order = super().__iter__()
+        if self.per_image > 1:
+            order = self._with_companions(order)
         return itertools.islice(order, self.start, None)
 
     def __len__(self) -> int:

@@ -189,8 +189,17 @@ class LossModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, masks, input_ids, attention_mask) -> dict[str, torch.Tensor]:
-        return self.model.compute_loss(self.model(images, input_ids, attention_mask), masks)
+    def forward(self, images, masks, input_ids, attention_mask, image_index=None) -> dict[str, torch.Tensor]:
+        return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks)
+
+
+def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's images with consecutive repeats of one image (data.sentences_per_image) kept once,
+    and each sentence's index into them."""
+    ids = torch.as_tensor(batch["image_id"])
+    _, image_index, counts = torch.unique_consecutive(ids, return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts
+    return batch["image"][first], image_index
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -216,7 +225,13 @@ class Trainer:
             weights = kind_balancing_weights([str(s.get("kind", cfg.data.dataset)) for _, s in self.train_set.samples])
         if cfg.data.epoch == "ref":
             groups = self.train_set.sentences_by_ref()
-        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed, weights, groups)
+        per_image = cfg.data.sentences_per_image
+        if self.micro_batch % per_image:
+            raise ValueError(f"per-rank batch {self.micro_batch} is not a multiple of data.sentences_per_image "
+                             f"{per_image}")
+        image_ids = [int(ref["image_id"]) for ref, _ in self.train_set.samples] if per_image > 1 else None
+        self.sampler = ResumableSampler(self.train_set, rt.world_size, rt.rank, cfg.seed, weights, groups,
+                                        per_image, image_ids)
         # The loader's own generator (worker seeds) keeps iterator creation from drawing on the
         # global torch RNG, so a resumed run's dropout stream matches an uninterrupted one.
         self.loader = DataLoader(self.train_set, batch_size=self.micro_batch, sampler=self.sampler,
@@ -381,9 +396,10 @@ class Trainer:
             sync = i == accumulation - 1 or not self.rt.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
                 input_ids, attention_mask = self.model.tokenize(batch["sentence"])
+                images, image_index = distinct_images(batch)
                 with autocast(self.dtype, device):
-                    losses = self.ddp(batch["image"].to(device, non_blocking=True),
-                                      batch["mask"].to(device, non_blocking=True), input_ids, attention_mask)
+                    losses = self.ddp(images.to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
+                                      input_ids, attention_mask, image_index.to(device, non_blocking=True))
                 self.scaler.scale(losses["loss"] / accumulation).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item() / accumulation

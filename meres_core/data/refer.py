@@ -151,6 +151,9 @@ class ReferDataset(Dataset):
         self.annotations = {a["id"]: a for a in instances["annotations"] if a["id"] in needed_anns}
         self.samples = [(r, s) for r in self.refs for s in r["sentences"]]
         self.skipped: Counter = Counter()
+        # The last image read, decoded and resized: consecutive sentences about one image (training's
+        # sentences_per_image, evaluation's ref order) read it once.
+        self._last_image: Optional[tuple[int, Optional[np.ndarray], Optional[torch.Tensor]]] = None
 
     def _category_ids(self, categories) -> Optional[set[int]]:
         """Category names or ids -> ids (the generalization setting of paper Table 2)."""
@@ -183,6 +186,14 @@ class ReferDataset(Dataset):
     def sentences_by_kind(self) -> Counter:
         return Counter(sentence.get("kind", self.dataset) for _, sentence in self.samples)
 
+    def _image(self, image_id: int) -> tuple[Optional[np.ndarray], Optional[torch.Tensor]]:
+        """(RGB image, model input) of `image_id`, (None, None) when unreadable."""
+        if self._last_image is None or self._last_image[0] != image_id:
+            image = self.read_image(image_id)
+            pixels = None if image is None else preprocess_image(image, self.img_size)
+            self._last_image = (image_id, image, pixels)
+        return self._last_image[1], self._last_image[2]
+
     def read_image(self, image_id: int) -> Optional[np.ndarray]:
         """RGB uint8 image, or None when it is missing or unreadable."""
         bgr = cv2.imread(str(self.paths["images"] / self.images[image_id]["file_name"]), cv2.IMREAD_COLOR)
@@ -212,7 +223,7 @@ class ReferDataset(Dataset):
             return self._skip("empty_sentence", ref, sentence)
         if ref["image_id"] not in self.images or any(i not in self.annotations for i in _ann_ids(ref)):
             return self._skip("missing_annotation", ref, sentence)
-        image = self.read_image(ref["image_id"])
+        image, pixels = self._image(ref["image_id"])
         if image is None:
             return self._skip("unreadable_image", ref, sentence)
         info = self.images[ref["image_id"]]
@@ -223,7 +234,7 @@ class ReferDataset(Dataset):
         if not no_target and not mask.any():
             return self._skip("empty_mask", ref, sentence)
         sample = {
-            "image": preprocess_image(image, self.img_size),
+            "image": pixels,
             "mask": resize_mask(mask, self.img_size),
             "sentence": text,
             "ref_id": int(ref["ref_id"]),

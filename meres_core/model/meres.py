@@ -110,9 +110,15 @@ class MERES(nn.Module):
         tau = self.extractor.tau if self.uses_ve else None
         return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau)
 
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MeresOutput:
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_index: Optional[torch.Tensor] = None) -> MeresOutput:
+        """images (I, 3, H, W); sentences (B, T). image_index (B,): each sentence's image, when
+        several sentences share one (training runs of one scene); None: I = B, one each."""
         text, valid = self.encode_text(input_ids, attention_mask)
-        return self.decode(self.encode_image(images), text, valid)
+        features = self.encode_image(images)
+        if image_index is not None:
+            features = [f[image_index] for f in features]  # (B, C_i, H_i, W_i)
+        return self.decode(features, text, valid)
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]."""
