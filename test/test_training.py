@@ -212,6 +212,14 @@ def test_a_run_of_sentences_encodes_its_image_once_with_the_same_loss(tmp_path, 
         train.Trainer(load_train_config(bad), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
 
 
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),
+                         ids=lambda path: path.stem)
+def test_every_shipped_training_config_loads(config):
+    cfg = load_train_config(config)
+    assert cfg.batch_size % cfg.data.sentences_per_image == 0
+    cfg.model_config()  # the preset and model overrides resolve
+
+
 def test_epoch_convention_is_a_config_choice_defaulting_to_the_peers():
     assert DataConfig().epoch == "ref"
     with pytest.raises(ValueError, match="balance_kinds.*data.epoch: sentence"):
