@@ -76,16 +76,19 @@ class SegmentationDecoder(nn.Module):
     def _with_coordinates(self, x: torch.Tensor) -> torch.Tensor:
         return append_coordinates(x) if self.coord_features else x
 
-    def forward(self, features: list[torch.Tensor], guidance: torch.Tensor, guidance_pad: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], guidance: torch.Tensor,
+                guidance_pad: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """features [F1..F4] (B, C_i, H_i, W_i); guidance (B, L, D); guidance_pad (B, L) True = ignore.
 
         The features may have batch 1 for B sentences of one image (see the module docstring).
-        Returns logits (B, 1, H_1, W_1).
+        Returns logits (B, 1, H_1, W_1) and the guided maps of the first and last stage,
+        (B, dims[0], H_4, W_4) and (B, dims[-1], H_1, W_1), for the no-target head.
         """
         f1, f2, f3, f4 = features
         x = self.guided[0](self.input_proj(self._with_coordinates(f4)), guidance, guidance_pad)  # stride 32
+        coarse = x
         for i, skip in enumerate((f3, f2, f1)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(self.fuse[i], x, self._with_coordinates(skip))  # = fuse[i](cat([x, skip, (x, y)]))
             x = self.guided[i + 1](x, guidance, guidance_pad)  # strides 16, 8, 4
-        return self.head(x)
+        return self.head(x), (coarse, x)

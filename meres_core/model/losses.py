@@ -44,3 +44,9 @@ def pixel_contrastive(relevance_cls: torch.Tensor, tau: torch.Tensor, positives:
     Averaged over all pixels of the batch.
     """
     return F.binary_cross_entropy_with_logits(relevance_cls / tau, positives.float())
+
+
+def target_bce(target_logit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The no-target head's loss (model/no_target.py): t (B,) against "the mask is not empty"."""
+    present = mask.flatten(1).amax(1) > 0
+    return F.binary_cross_entropy_with_logits(target_logit.float(), present.float())

@@ -15,7 +15,8 @@ from .coordinates import COORD_CHANNELS, append_coordinates
 from .decoder import SegmentationDecoder
 from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
-from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, upsample_logits
+from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
+from .no_target import NoTargetHead
 from .position_prior import SentencePositionPrior
 
 
@@ -25,6 +26,7 @@ class MeresOutput:
     relevance: Optional[torch.Tensor]  # S (B, T, N), None when the guidance has no VE
     feature_size: tuple[int, int]  # (h, w) of F4, N = h * w
     tau: Optional[torch.Tensor]
+    target_logit: Optional[torch.Tensor] = None  # t (B,) of the no-target head, when configured
 
 
 class MERES(nn.Module):
@@ -48,6 +50,8 @@ class MERES(nn.Module):
         self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads,
                                            coord_features=cfg.coord_features)
         self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
+        self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
+                          if cfg.no_target_head else None)
 
     # -- the three stages, separable so inference can share one image over many sentences
 
@@ -69,13 +73,16 @@ class MERES(nn.Module):
         values of pixel attention, the decoder's image-side convolutions) runs once and is
         broadcast over the sentences, so each extra sentence costs only its own part.
         """
-        out = self._guide(features, text, text_valid)
+        out, (coarse, fine) = self._guide(features, text, text_valid)
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
+        if self.no_target is not None:
+            out.logits, out.target_logit = self.no_target(out.logits, coarse, fine, text, text_valid)
         return out
 
-    def _guide(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor) -> MeresOutput:
-        """Enhancer, extractor and decoder for the configured guidance (Table 3)."""
+    def _guide(self, features: list[torch.Tensor], text: torch.Tensor,
+               text_valid: torch.Tensor) -> tuple[MeresOutput, tuple[torch.Tensor, torch.Tensor]]:
+        """Enhancer, extractor and decoder for the configured guidance (Table 3); also the decoder's maps."""
         b = text.shape[0]
         f4 = append_coordinates(features[-1]) if self.cfg.coord_features else features[-1]
         h, w = f4.shape[-2:]
@@ -105,10 +112,10 @@ class MERES(nn.Module):
             guidance_pad = torch.cat([pad, ~ve.valid], dim=1)
         return self._decode(features, guidance, guidance_pad, ve.relevance, (h, w))
 
-    def _decode(self, features, guidance, guidance_pad, relevance, size) -> MeresOutput:
-        logits = self.decoder(features, guidance, guidance_pad)
+    def _decode(self, features, guidance, guidance_pad, relevance, size):
+        logits, maps = self.decoder(features, guidance, guidance_pad)
         tau = self.extractor.tau if self.uses_ve else None
-        return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau)
+        return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau), maps
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 image_index: Optional[torch.Tensor] = None) -> MeresOutput:
@@ -121,7 +128,8 @@ class MERES(nn.Module):
         return self.decode(features, text, valid)
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]."""
+        """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
+        [+ no_target_weight * BCE(t, target present)]."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -133,6 +141,9 @@ class MERES(nn.Module):
             contrastive = pixel_contrastive(out.relevance[:, 0], out.tau, positives)
             losses["contrastive"] = contrastive
             losses["loss"] = losses["loss"] + self.cfg.contrastive_weight * contrastive
+        if out.target_logit is not None:
+            losses["no_target"] = target_bce(out.target_logit, masks)
+            losses["loss"] = losses["loss"] + self.cfg.no_target_weight * losses["no_target"]
         return losses
 
 
@@ -146,7 +157,7 @@ def count_parameters(model: MERES) -> dict[str, int]:
         "vision": n(model.vision) + n(model.pixel_proj),
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
-        "decoder": n(model.decoder) + n(model.position_prior),
+        "decoder": n(model.decoder) + n(model.position_prior) + n(model.no_target),
     }
     counts["total"] = sum(counts.values())
     return counts
