@@ -103,7 +103,7 @@ class ModelConfig:
     # Not in the paper: logits += a plane over the image and a step about the mask's own centroid,
     # their coefficients linear in the pooled sentence features (model/position_prior.py). Off in `paper`.
     sentence_position_prior: bool = False
-    # Not in the paper: a no-target classifier (ReLA's) folded into the logits as + log sigmoid(t),
+    # Not in the paper: a no-target classifier (ReLA's) folded into the mask, p = sigmoid(l) sigmoid(t),
     # trained with BCE on "the target exists" (model/no_target.py). Off in `paper`.
     no_target_head: bool = False
     no_target_weight: float = 1.0

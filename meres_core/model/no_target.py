@@ -4,18 +4,21 @@
 on the demo model (stage 3, held-out scenes) no score computed from the probability map told
 absent from present targets (ROC-AUC: mean probability over the mask 0.59, peak 0.61, area
 0.66). ReLA (GRES, CVPR 2023) adds a no-target classifier beside the mask; here it is folded
-into the mask itself:
+into the mask itself, as the probability that the target exists times that a pixel is it:
 
-    logits += log sigmoid(t),    t = MLP([pool(coarse), pool(fine), sentence])
+    p' = sigmoid(l) sigmoid(t),    t = MLP([pool(coarse), pool(fine), sentence])
 
-so a confident "absent" (sigmoid(t) -> 0) empties the mask and a confident "present" leaves it
-as it was; every consumer of the probability map (Segmenter's presence score, evaluation, the
-ONNX and compiled backends) needs nothing new. `pool` is the mean under the (detached) mask
+and the model's logits are logit(p'). Below sigmoid(t) = 0.5 no pixel stays above the mask
+threshold 0.5, so "absent" empties the mask; a confident "present" leaves it as it was. Every
+consumer of the probability map (Segmenter's presence score, evaluation, the ONNX and compiled
+backends) needs nothing new. (An additive fold, l + log sigmoid(t), was tried first: it leaves
+a confident mask standing until t is far below 0, l + log sigmoid(t) ~ l + t, and on 300 held-out
+sentences after 300 steps it rejected 42% of the absent ones where sigmoid(t) alone had ROC-AUC 0.92.) `pool` is the mean under the (detached) mask
 probability and the max over the image of the decoder's first and last guided maps: what was
 segmented and the best match anywhere; `sentence` the mean-pooled language features (what was
 asked). Trained with BCE against "the target mask is not empty" (weight `no_target_weight`)
 besides the mask losses. The last layer starts at weight 0 and bias INIT_BIAS, so a warm
-start begins with logits shifted by log sigmoid(4) = -0.018: as before.
+start begins with every probability times sigmoid(6) = 0.9975: as before.
 """
 from __future__ import annotations
 
@@ -23,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-INIT_BIAS = 4.0
+INIT_BIAS = 6.0
+
+
+def log_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """log sigmoid(x) as -softplus(-x): the ONNX exporter writes F.logsigmoid as Log(Sigmoid(x)), -inf below x ~ -100."""
+    return -F.softplus(-x)
 
 
 def pool(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -53,4 +61,8 @@ class NoTargetHead(nn.Module):
         inputs = [pool(coarse.float().expand(b, -1, -1, -1), where), pool(fine.float().expand(b, -1, -1, -1), where),
                   sentence.float()]
         target = self.mlp(torch.cat(inputs, dim=1).to(self.mlp[0].weight.dtype))[:, 0].float()  # t (B,)
-        return logits + F.logsigmoid(target)[:, None, None, None].to(logits.dtype), target
+        l, t = logits.float(), target[:, None, None, None]
+        # logit(p') = log p' - log(1 - p'), with 1 - p' = sigmoid(-l) + sigmoid(l) sigmoid(-t): stable in log space.
+        log_p = log_sigmoid(l) + log_sigmoid(t)
+        log_not_p = torch.logaddexp(log_sigmoid(-l), log_sigmoid(l) + log_sigmoid(-t))
+        return (log_p - log_not_p).to(logits.dtype), target
