@@ -36,3 +36,24 @@ def scene():
     cv2.circle(img, (32, 48), 18, (220, 30, 30), -1)
     cv2.rectangle(img, (80, 30), (112, 66), (30, 60, 220), -1)
     return img
+
+
+@pytest.fixture
+def warm_started(tmp_path, tiny_cfg, scene):
+    """make(cfg, sentences) -> (the tiny model, a model of `cfg` warm-started from its checkpoint as
+    the train config's `init_from` does, the inputs (image, ids, attention) for `sentences` on `scene`)."""
+    from meres_core.checkpoint import save_checkpoint
+    from meres_core.data.transforms import preprocess_image
+    from training import train
+
+    def make(cfg, sentences):
+        torch.manual_seed(0)
+        old = MERES(tiny_cfg.model).eval()
+        save_checkpoint(tmp_path / "old.pt", old, tiny_cfg)
+        torch.manual_seed(1)
+        new = MERES(cfg.model).eval()
+        train.warm_start(new, str(tmp_path / "old.pt"))
+        image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None]
+        return old, new, (image, *new.tokenize(sentences))
+
+    return make

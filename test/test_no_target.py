@@ -4,13 +4,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from meres_core.checkpoint import save_checkpoint
 from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.losses import dice, segmentation_bce, target_bce
 from meres_core.model.meres import MERES
 from meres_core.model.no_target import INIT_BIAS, NoTargetHead
-from training import train
 
 SENTENCES = ["the red circle", "the blue heart"]
 
@@ -19,23 +17,16 @@ def with_head():
     return load_config("tiny", overrides={"model": {"no_target_head": True}})
 
 
-def test_warm_start_from_a_model_without_it_keeps_the_function_up_to_a_constant_factor_until_it_learns(tmp_path, tiny_cfg, scene):
-    torch.manual_seed(0)
-    old = MERES(tiny_cfg.model).eval()
-    save_checkpoint(tmp_path / "old.pt", old, tiny_cfg)
-    torch.manual_seed(1)
-    new = MERES(with_head().model).eval()
-    train.warm_start(new, str(tmp_path / "old.pt"))
-    image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None]
-    ids, attention = new.tokenize(SENTENCES)
+def test_warm_start_from_a_model_without_it_keeps_the_function_up_to_a_constant_factor_until_it_learns(warm_started):
+    old, new, inputs = warm_started(with_head(), SENTENCES)
     with torch.no_grad():
-        expected = old(image, ids, attention).logits
-        out = new(image, ids, attention)
+        expected = old(*inputs).logits
+        out = new(*inputs)
         gated = torch.sigmoid(expected.double()) * torch.sigmoid(torch.tensor(INIT_BIAS, dtype=torch.double))
         assert torch.allclose(out.logits.double(), torch.logit(gated), atol=1e-4)
         assert torch.allclose(out.target_logit, torch.full((2,), INIT_BIAS))
         new.no_target.mlp[-1].weight.normal_()
-        changed = new(image, ids, attention)
+        changed = new(*inputs)
     assert not torch.allclose(changed.target_logit[0], changed.target_logit[1], atol=1e-3)  # per sentence
 
 

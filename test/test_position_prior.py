@@ -1,12 +1,8 @@
 """model.sentence_position_prior: a sentence-dependent slope over the logits (model/position_prior.py)."""
 import torch
 
-from meres_core.checkpoint import save_checkpoint
 from meres_core.config import load_config
-from meres_core.data.transforms import preprocess_image
-from meres_core.model.meres import MERES
 from meres_core.model.position_prior import SCALE, STEP_WIDTH, SentencePositionPrior
-from training import train
 
 SENTENCES = ["the leftmost circle", "the rightmost circle"]
 
@@ -15,20 +11,13 @@ def with_prior():
     return load_config("tiny", overrides={"model": {"sentence_position_prior": True}})
 
 
-def test_warm_start_from_a_model_without_it_keeps_the_function_until_it_learns(tmp_path, tiny_cfg, scene):
-    torch.manual_seed(0)
-    old = MERES(tiny_cfg.model).eval()
-    save_checkpoint(tmp_path / "old.pt", old, tiny_cfg)
-    torch.manual_seed(1)
-    new = MERES(with_prior().model).eval()
-    train.warm_start(new, str(tmp_path / "old.pt"))
-    image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None]
-    ids, attention = new.tokenize(SENTENCES)
+def test_warm_start_from_a_model_without_it_keeps_the_function_until_it_learns(warm_started):
+    old, new, inputs = warm_started(with_prior(), SENTENCES)
     with torch.no_grad():
-        expected = old(image, ids, attention).logits
-        assert torch.allclose(new(image, ids, attention).logits, expected, atol=1e-5)
+        expected = old(*inputs).logits
+        assert torch.allclose(new(*inputs).logits, expected, atol=1e-5)
         new.position_prior.proj.weight.normal_()
-        changed = new(image, ids, attention).logits
+        changed = new(*inputs).logits
     assert not torch.allclose(changed, expected, atol=1e-3)
     assert not torch.allclose(changed[0] - expected[0], changed[1] - expected[1], atol=1e-3)  # per sentence
 
