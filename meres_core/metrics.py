@@ -104,13 +104,17 @@ def centroid_on_target(centroid: Optional[tuple[float, float]], gt: np.ndarray) 
     return 0 <= v < gt.shape[0] and 0 <= u < gt.shape[1] and bool(gt[v, u])
 
 
-def calibrate_presence(scores, has_target, thresholds=None, mask_threshold: float = 0.5) -> dict:
+def calibrate_presence(scores, has_target, thresholds=None, mask_threshold: float = 0.5,
+                       min_present_found: float | None = None) -> dict:
     """The presence threshold with the best balanced found / not-found accuracy.
 
     scores: presence score per sentence (0 for an empty mask, see inference.Segmenter.decide);
     has_target: bool per sentence. Returns the threshold, and the absent sentences rejected
     and present ones found at it. A non-empty mask's score is the mean probability of pixels
     above `mask_threshold`, so the default grid starts there: any lower threshold decides the same.
+    `min_present_found`: only thresholds that keep at least this share of present targets found
+    compete (the lowest threshold when none does): a robot told "not here" about an object in view
+    is stuck, so rejecting absent objects is bought only above that floor.
     """
     scores, has_target = np.asarray(scores, float), np.asarray(has_target, bool)
     if has_target.all() or not has_target.any():
@@ -122,7 +126,10 @@ def calibrate_presence(scores, has_target, thresholds=None, mask_threshold: floa
     found &= scores[None, :] > 0
     rejected = (~found[:, ~has_target]).mean(1)
     kept = found[:, has_target].mean(1)
-    best = int(np.argmax(rejected + kept))
+    balanced = rejected + kept
+    if min_present_found is not None:
+        balanced = np.where(kept >= min_present_found, balanced, -np.inf)
+    best = int(np.argmax(balanced)) if np.isfinite(balanced).any() else 0
     return {"threshold": round(float(thresholds[best]), 4), "absent_rejected": float(rejected[best]),
             "present_found": float(kept[best])}
 

@@ -150,6 +150,16 @@ def test_presence_calibration_picks_the_threshold_that_separates_found_from_abse
         calibrate_presence([0.5], [True])
 
 
+def test_presence_calibration_keeps_the_present_targets_found_above_a_floor():
+    scores = [0.95, 0.9, 0.85, 0.6, 0.7, 0.65, 0.55, 0.0]  # one present target scores low
+    has_target = [True, True, True, True, False, False, False, False]
+    thresholds = [0.5, 0.58, 0.75]
+    assert calibrate_presence(scores, has_target, thresholds=thresholds)["threshold"] == 0.75  # 1.0 + 0.75
+    floored = calibrate_presence(scores, has_target, thresholds=thresholds, min_present_found=0.95)
+    assert floored == {"threshold": 0.58, "absent_rejected": 0.5, "present_found": 1.0}
+    assert calibrate_presence(scores, has_target, thresholds=[0.99], min_present_found=0.95)["threshold"] == 0.99
+
+
 def test_mask_iou():
     a = np.zeros((4, 4), bool)
     assert mask_iou(a, a) == 1.0

@@ -44,6 +44,8 @@ from .data import make_dataset, make_eval_loader
 
 log = logging.getLogger("training.evaluate")
 
+# The presence calibration keeps at least this share of present targets found (issue 8's floor).
+PRESENT_FOUND_FLOOR = 0.95
 GT_OUTLINE_RGB = (255, 255, 255)  # ground-truth contour on overlays; predictions use the overlay palette
 
 
@@ -141,7 +143,8 @@ def evaluate_model(model: MERES, cfg: MeresConfig, loader: DataLoader, device: t
     summary["presence_threshold"] = segmenter.decision.presence_threshold
     if found_correct["absent"][1] and found_correct["present"][1]:
         summary["presence_calibration"] = calibrate_presence(scores, has_target,
-                                                             mask_threshold=segmenter.decision.mask_threshold)
+                                                             mask_threshold=segmenter.decision.mask_threshold,
+                                                             min_present_found=PRESENT_FOUND_FLOOR)
     if pr is not None:
         summary["auc_pr"] = pr.auc()
     return EvalResult(summary, pr, images)
