@@ -53,6 +53,13 @@ def set_fused_window_attention(backbone: nn.Module, enabled: bool) -> int:
     return len(modules)
 
 
+def sentence_mean(text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+    """text (B, T, D_t), text_valid (B, T) -> (B, D_t): the mean over valid tokens (the pooling the
+    MiniLM sentence encoder was trained with)."""
+    valid = text_valid[..., None].to(text.dtype)
+    return (text * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
 class VisionEncoder(nn.Module):
     """timm Swin -> [F1, F2, F3, F4], each (B, C_i, H_i, W_i)."""
 

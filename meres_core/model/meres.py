@@ -112,7 +112,8 @@ class MERES(nn.Module):
             guidance_pad = torch.cat([pad, ~ve.valid], dim=1)
         return self._decode(features, guidance, guidance_pad, ve.relevance, (h, w))
 
-    def _decode(self, features, guidance, guidance_pad, relevance, size):
+    def _decode(self, features, guidance, guidance_pad, relevance,
+                size) -> tuple[MeresOutput, tuple[torch.Tensor, torch.Tensor]]:
         logits, maps = self.decoder(features, guidance, guidance_pad)
         tau = self.extractor.tau if self.uses_ve else None
         return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau), maps

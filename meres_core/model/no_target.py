@@ -13,9 +13,9 @@ threshold 0.5, so "absent" empties the mask; a confident "present" leaves it as 
 consumer of the probability map (Segmenter's presence score, evaluation, the ONNX and compiled
 backends) needs nothing new. (An additive fold, l + log sigmoid(t), was tried first: it leaves
 a confident mask standing until t is far below 0, l + log sigmoid(t) ~ l + t, and on 300 held-out
-sentences after 300 steps it rejected 42% of the absent ones where sigmoid(t) alone had ROC-AUC 0.92.) `pool` is the mean under the (detached) mask
-probability and the max over the image of the decoder's first and last guided maps: what was
-segmented and the best match anywhere; `sentence` the mean-pooled language features (what was
+sentences after 300 steps it rejected 42% of the absent ones where sigmoid(t) alone had ROC-AUC
+0.92.) `pool` is the mean under the (detached) mask probability and the max over the image of the
+decoder's first and last guided maps: what was segmented and the best match anywhere; `sentence` the mean-pooled language features (what was
 asked). Trained with BCE against "the target mask is not empty" (weight `no_target_weight`)
 besides the mask losses. The last layer starts at weight 0 and bias INIT_BIAS, so a warm
 start begins with every probability times sigmoid(6) = 0.9975: as before.
@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .encoders import sentence_mean
 
 INIT_BIAS = 6.0
 
@@ -56,8 +58,7 @@ class NoTargetHead(nn.Module):
         -> gated logits (B, 1, h, w) and the target logit t (B,)."""
         b = logits.shape[0]
         where = torch.sigmoid(logits.detach().float())  # (B, 1, h, w)
-        valid = text_valid[..., None].to(text.dtype)
-        sentence = (text * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D_t), mean pooling
+        sentence = sentence_mean(text, text_valid)  # (B, D_t)
         inputs = [pool(coarse.float().expand(b, -1, -1, -1), where), pool(fine.float().expand(b, -1, -1, -1), where),
                   sentence.float()]
         target = self.mlp(torch.cat(inputs, dim=1).to(self.mlp[0].weight.dtype))[:, 0].float()  # t (B,)

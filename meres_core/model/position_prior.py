@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .coordinates import cell_centres
+from .encoders import sentence_mean
 
 
 # The coefficients are SCALE * Linear(sentence): an Adam step moves the slopes SCALE times as far.
@@ -57,8 +58,7 @@ class SentencePositionPrior(nn.Module):
 
     def forward(self, logits: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
         """logits (B, 1, h, w); text (B, T, D_t) language features, text_valid (B, T) -> logits + prior."""
-        valid = text_valid[..., None].to(text.dtype)
-        sentence = (text * valid).sum(1) / valid.sum(1).clamp(min=1)  # (B, D_t), mean pooling
+        sentence = sentence_mean(text, text_valid)  # (B, D_t)
         a, b, a_c, b_c, c = (SCALE * self.proj(sentence)).float().unbind(-1)  # (B,) each
         h, w = logits.shape[-2:]
         ys, xs = cell_centres(h, logits).float(), cell_centres(w, logits).float()
