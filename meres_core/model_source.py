@@ -54,14 +54,18 @@ class ModelSource:
     def load(self) -> "Segmenter":
         """The model, with its own decision settings (callers pass others per call).
         Raises CheckpointError, ValueError (unknown preset or device), OSError."""
-        from .device import set_cpu_threads
+        from .device import in_passing_thread, set_cpu_threads
         from .inference import Segmenter
 
         set_cpu_threads(self.threads)  # process-wide, so before the model is built and run
         options = {"device": self.device, "precision": self.precision, "backend": self.backend or None}
-        if self.preset:
-            return Segmenter.from_preset(self.preset, seed=self.seed, **options)
-        return Segmenter.from_checkpoint(self.checkpoint, **options)
+
+        def build() -> "Segmenter":
+            if self.preset:
+                return Segmenter.from_preset(self.preset, seed=self.seed, **options)
+            return Segmenter.from_checkpoint(self.checkpoint, **options)
+
+        return in_passing_thread(build)  # whichever thread runs the model then (in_passing_thread says why)
 
     def as_parameters(self) -> dict:
         """The same source as meres_node parameters."""

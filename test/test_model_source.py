@@ -1,4 +1,8 @@
 """One model-source command line: meres-segment, meres-replay, meres-demo and the node agree."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from meres_core.cli import parse_args as segment_args
@@ -73,3 +77,33 @@ def test_auto_precision_is_bf16_on_a_cpu_with_bf16_units(monkeypatch):
     monkeypatch.setattr(device, "cpu_has_bf16_units", lambda: False)
     assert device.select_dtype("auto", cpu) == torch.float32
     assert device.select_dtype("fp32", cpu) == torch.float32  # asked for: kept
+
+
+LOAD_THEN_RUN_HERE = """
+import os, time, torch
+from meres_core.model_source import ModelSource
+
+def settled_thread_count():  # a finished thread's OpenMP pool exits soon after it
+    last, since = len(os.listdir("/proc/self/task")), time.monotonic()
+    while time.monotonic() - since < 0.5:
+        time.sleep(0.05)
+        now = len(os.listdir("/proc/self/task"))
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+ModelSource(checkpoint="demo", device="cpu", precision="bf16", threads=2).load()
+loaded = settled_thread_count()
+torch.ones(1_000_000).add_(1)  # a parallel region in this thread
+print(settled_thread_count() - loaded)
+"""
+
+
+def test_loading_leaves_no_openmp_pool_in_the_calling_thread():
+    """meres_node loads the model in its executor thread and runs it in its worker: a pool left in the
+    loading thread made every frame 1.6-1.8x slower (device.in_passing_thread). Here the calling thread's
+    first parallel region after load() must start its own pool: one new thread at two threads."""
+    run = subprocess.run([sys.executable, "-c", LOAD_THEN_RUN_HERE], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert int(run.stdout.split()[-1]) == 1
