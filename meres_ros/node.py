@@ -231,6 +231,7 @@ class MeresNode(LifecycleNode):
                 "~/mask, ~/centroid and ~/debug_image are published (see meres_ros_interfaces/README.md)")
 
         self._segmenter = None
+        self._said_no_depth = False  # the "no depth yet" hint is logged once per process
         self._model_description = "not loaded"
         self._text_encoder_calls = 0
         self._expressions = Expressions()
@@ -689,8 +690,10 @@ class MeresNode(LifecycleNode):
 
     def _attach_depth(self, frame: Frame, msg: Image, settings: LiveSettings) -> None:
         if not (self._health.count("depth") and self._health.count("camera_info")):
-            self.get_logger().info("no depth or camera_info received yet: no 3D centroid until both arrive "
-                                   "(use_depth:=false if there is no depth camera)", once=True)
+            if not self._said_no_depth:  # not rclpy's once=True: it walks the stack on every call (~1 ms a frame here)
+                self._said_no_depth = True
+                self.get_logger().info("no depth or camera_info received yet: no 3D centroid until both arrive "
+                                       "(use_depth:=false if there is no depth camera)")
             return
         stamp = stamp_ns(msg.header.stamp)
         deadline = time.monotonic() + settings.sync_wait_s
