@@ -57,3 +57,13 @@ def warm_started(tmp_path, tiny_cfg, scene):
         return old, new, (image, *new.tokenize(sentences))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def heldout(tmp_path_factory):
+    """Six scenes of the held-out renderer (training/heldout_scenes), 120x160, every sentence kind."""
+    from training import heldout_scenes
+
+    root = tmp_path_factory.mktemp("heldout")
+    heldout_scenes.main(["--out", str(root), "--images", "6", "--seed", "2", "--size", "120x160"])
+    return root

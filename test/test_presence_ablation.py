@@ -6,16 +6,9 @@ import torch.nn.functional as F
 from meres_core.config import load_config
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
-from training import heldout_scenes, presence_ablation
+from training import presence_ablation
 from training.config import DataConfig
 from training.data import make_dataset
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heldout")
-    heldout_scenes.main(["--out", str(root), "--images", "8", "--seed", "4", "--size", "96x128"])
-    return root
 
 
 def forward(model, sample):
@@ -24,9 +17,9 @@ def forward(model, sample):
         return model(sample["image"][None], ids, attention)
 
 
-def test_mask_only_is_the_model_without_its_head_and_the_head_changes_presence(scenes):
+def test_mask_only_is_the_model_without_its_head_and_the_head_changes_presence(heldout):
     with_head, plain = load_config("tiny", overrides={"model": {"no_target_head": True}}), load_config("tiny")
-    data = DataConfig(root=str(scenes), dataset="synth", split_by="synth", num_workers=0)
+    data = DataConfig(root=str(heldout), dataset="synth", split_by="synth", num_workers=0)
     dataset = make_dataset(data, "test", plain.model.vision.img_size, evaluation=False)
     torch.manual_seed(0)
     model = MERES(with_head.model).eval()

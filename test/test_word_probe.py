@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from training import heldout_scenes, word_probe
+from training import word_probe
 from training.word_probe import PairScores, SceneObject, scene_pairs
 
 
@@ -33,13 +33,6 @@ def test_scores_tell_a_model_that_reads_the_word_from_one_that_does_not():
     swapped = PairScores()
     swapped.add("left/right", (right, left), ((13.0, 4.0), (3.0, 4.0)), (left, right))
     assert swapped.summary()["left/right"]["swapped"] == 1.0
-
-
-@pytest.fixture(scope="module")
-def heldout(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heldout")
-    heldout_scenes.main(["--out", str(root), "--images", "6", "--seed", "2", "--size", "120x160"])
-    return root
 
 
 def test_probe_runs_on_held_out_scenes_and_writes_json(heldout, tmp_path):
