@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from training import word_probe
 from training.word_probe import PairScores, SceneObject, scene_pairs
