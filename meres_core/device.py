@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from typing import Callable, TypeVar
 
 import torch
@@ -83,5 +83,17 @@ def in_passing_thread(call: Callable[[], T]) -> T:
     instead of finding them spinning. Measured here (2 cores, demo model, bf16, 2 threads): 38 ms a
     frame in the thread that loaded it or after the loading thread ended, 62-68 ms while it lived on.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="meres_load") as pool:  # exit joins the thread
-        return pool.submit(call).result()
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as error:  # handed to the caller
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, name="meres_load", daemon=True)  # daemon: Ctrl-C during a compile exits
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
