@@ -34,7 +34,9 @@ unconfigured, model released) and says why.
 Threads: subscription callbacks only store messages. One worker thread runs
 the model on the newest color frame; frames that arrive while it is busy
 replace the waiting one and are counted as dropped, so a slow model never
-builds a backlog.
+builds a backlog. Configure builds the model in a thread that ends
+(ModelSource.load): an OpenMP pool left in the executor thread would slow
+every kernel of the worker's (meres_core.device.in_passing_thread).
 """
 from __future__ import annotations
 
