@@ -25,8 +25,7 @@ from meres_core.metrics import calibrate_presence
 from meres_core.model_source import ModelSource
 from training.config import DataConfig
 from training.data import make_dataset, make_eval_loader
-
-PRESENT_FOUND_FLOOR = 0.95  # as training.evaluate
+from training.evaluate import PRESENT_FOUND_FLOOR
 
 
 def presence_rows(segmenter, dataset, batch_size: int = 16) -> list[dict]:

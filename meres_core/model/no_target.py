@@ -15,8 +15,8 @@ backends) needs nothing new. (An additive fold, l + log sigmoid(t), was tried fi
 a confident mask standing until t is far below 0, l + log sigmoid(t) ~ l + t, and on 300 held-out
 sentences after 300 steps it rejected 42% of the absent ones where sigmoid(t) alone had ROC-AUC
 0.92.) `pool` is the mean under the (detached) mask probability and the max over the image of the
-decoder's first and last guided maps: what was segmented and the best match anywhere; `sentence` the mean-pooled language features (what was
-asked). Trained with BCE against "the target mask is not empty" (weight `no_target_weight`)
+decoder's first and last guided maps: what was segmented and the best match anywhere; `sentence`
+the mean-pooled language features (what was asked). Trained with BCE against "the target mask is not empty" (weight `no_target_weight`)
 besides the mask losses. The last layer starts at weight 0 and bias INIT_BIAS, so a warm
 start begins with every probability times sigmoid(6) = 0.9975: as before.
 """
