@@ -103,6 +103,10 @@ class ModelConfig:
     # Not in the paper: logits += a plane over the image and a step about the mask's own centroid,
     # their coefficients linear in the pooled sentence features (model/position_prior.py). Off in `paper`.
     sentence_position_prior: bool = False
+    # Not in the paper: logits += a weight per (side, rank) of the pixel's candidate among the connected
+    # components of the decoder's own mask, linear in the pooled sentence features, for "the second
+    # circle from the left" (model/candidate_rank.py). Off in `paper`.
+    candidate_rank_prior: bool = False
     # Not in the paper: a no-target classifier (ReLA's) folded into the mask, p = sigmoid(l) sigmoid(t),
     # trained with BCE on "the target exists" (model/no_target.py). Off in `paper`.
     no_target_head: bool = False

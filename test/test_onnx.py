@@ -19,13 +19,14 @@ def exported(tmp_path_factory):
     from meres_core.config import load_config
     from meres_core.model.meres import MERES
 
-    # The demo model's deviations, the position prior and no-target head with non-zero weights so that they act.
+    # The demo model's deviations, the priors and no-target head with non-zero weights so that they act.
     cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
-                                                   "no_target_head": True}})
+                                                   "candidate_rank_prior": True, "no_target_head": True}})
     torch.manual_seed(0)
     model = MERES(cfg.model).eval()
     with torch.no_grad():
         model.position_prior.proj.weight.normal_(0.0, 0.3)
+        model.candidate_rank.proj.weight.normal_(0.0, 0.3)
         model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
         model.no_target.mlp[-1].bias.zero_()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})

@@ -17,6 +17,7 @@ from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
+from .candidate_rank import CandidateRankPrior
 from .position_prior import SentencePositionPrior
 
 
@@ -50,6 +51,7 @@ class MERES(nn.Module):
         self.decoder = SegmentationDecoder(self.vision.channels, cfg.decoder_dims, d, cfg.num_heads,
                                            coord_features=cfg.coord_features)
         self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
+        self.candidate_rank = CandidateRankPrior(self.text.dim) if cfg.candidate_rank_prior else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)
 
@@ -74,8 +76,12 @@ class MERES(nn.Module):
         broadcast over the sentences, so each extra sentence costs only its own part.
         """
         out, (coarse, fine) = self._guide(features, text, text_valid)
+        # Both priors read the candidates off the decoder's own mask, before either is added.
+        rank_prior = self.candidate_rank(out.logits, text, text_valid) if self.candidate_rank is not None else None
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
+        if rank_prior is not None:
+            out.logits = out.logits + rank_prior
         if self.no_target is not None:
             out.logits, out.target_logit = self.no_target(out.logits, coarse, fine, text, text_valid)
         return out
@@ -158,7 +164,7 @@ def count_parameters(model: MERES) -> dict[str, int]:
         "vision": n(model.vision) + n(model.pixel_proj),
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
-        "decoder": n(model.decoder) + n(model.position_prior) + n(model.no_target),
+        "decoder": n(model.decoder) + n(model.position_prior) + n(model.candidate_rank) + n(model.no_target),
     }
     counts["total"] = sum(counts.values())
     return counts

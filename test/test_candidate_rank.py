@@ -1,0 +1,98 @@
+"""model.candidate_rank_prior: a weight per (side, rank) of the pixel's candidate (model/candidate_rank.py)."""
+import torch
+import torch.nn.functional as F
+
+from meres_core.config import load_config
+from meres_core.model.candidate_rank import MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks
+from meres_core.model.position_prior import SentencePositionPrior
+
+
+def test_ranks_count_the_candidates_from_each_side():
+    logits = torch.full((1, 1, 10, 16), -6.0)
+    logits[0, 0, 1:3, 1:3] = 4.0  # A: left, top
+    logits[0, 0, 6:8, 5:7] = 4.0  # B
+    logits[0, 0, 2:5, 11:14] = 4.0  # C: right, an L-shape of one component
+    logits[0, 0, 4, 11:13] = -6.0
+    logits[0, 0, 9, 15] = 0.5  # a speck: 1 pixel at p 0.62 against C's 7 pixels, under MIN_MASS_RATIO
+    ranks = candidate_ranks(logits)[0]  # (4, h, w)
+    left, right, top, bottom = (SIDES.index(s) for s in ("left", "right", "top", "bottom"))
+    for (row, col), expected in {(1, 1): (0, 2, 0, 2), (7, 6): (1, 1, 2, 0), (3, 12): (2, 0, 1, 1)}.items():
+        assert tuple(ranks[[left, right, top, bottom], row, col].tolist()) == expected, (row, col)
+    assert (ranks[:, 2:4, 11:14] == ranks[:, 3:4, 12:13]).all()  # the whole L is one candidate
+    assert (ranks[:, 9, 15] == -1).all() and (ranks[:, 0, 8] == -1).all()  # speck and background
+
+
+def test_the_prior_adds_its_weight_on_the_named_candidate_only():
+    prior = CandidateRankPrior(text_dim=3)
+    logits = torch.full((1, 1, 4, 12), -6.0)
+    for column in (1, 5, 9):
+        logits[0, 0, 1:3, column:column + 2] = 4.0
+    bias = torch.zeros(len(SIDES), MAX_RANK)
+    bias[SIDES.index("left"), 1] = 3.0  # "the second from the left"
+    with torch.no_grad():
+        prior.proj.bias.copy_(bias.flatten() / SCALE)
+    out = prior(logits, torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))[0, 0]
+    expected = torch.zeros(4, 12)
+    expected[1:3, 5:7] = 3.0
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_warm_start_from_a_model_without_it_keeps_the_function(warm_started):
+    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True}})
+    old, new, inputs = warm_started(cfg, ["the second circle from the left", "the third square from the top"])
+    assert all((p == 0).all() for p in new.candidate_rank.parameters())
+    with torch.no_grad():
+        assert torch.allclose(new(*inputs).logits, old(*inputs).logits, atol=1e-5)
+
+
+def _scenes(n: int, generator: torch.Generator):
+    """n frozen masks of 3 or 4 equal blobs at random columns and rows; sentence i % 3 names the
+    second from the left, the second from the right or the third from the left."""
+    logits = torch.full((n, 1, 12, 24), -6.0)
+    target = torch.zeros(n, 1, 12, 24)
+    for i in range(n):
+        count = 3 + int(torch.randint(2, (1,), generator=generator))
+        columns = (torch.randperm(7, generator=generator)[:count] * 3 + 1).sort().values  # 2 apart at least
+        rows = torch.randint(0, 10, (count,), generator=generator)
+        for column, row in zip(columns.tolist(), rows.tolist()):
+            logits[i, 0, row:row + 2, column:column + 2] = 4.0
+        pick = (1, count - 2, 2)[i % 3]
+        target[i, 0, rows[pick]:rows[pick] + 2, columns[pick]:columns[pick] + 2] = 1.0
+    return logits, target
+
+
+def _exact_masks(module: torch.nn.Module) -> float:
+    """Train `module` alone (the rest of a model frozen to the blobs) and return the share of new
+    scenes whose mask is exactly the named blob."""
+    generator = torch.Generator().manual_seed(0)
+    text = torch.eye(3)[:, None, :]  # one feature per sentence
+    valid = torch.ones(3, 1, dtype=torch.bool)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
+    for _ in range(150):
+        logits, target = _scenes(30, generator)
+        out = logits + module(logits, text.repeat(10, 1, 1), valid.repeat(10, 1))
+        loss = F.binary_cross_entropy_with_logits(out, target, pos_weight=torch.tensor(20.0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logits, target = _scenes(150, generator)
+    with torch.no_grad():
+        masks = logits + module(logits, text.repeat(50, 1, 1), valid.repeat(50, 1)) > 0
+    return (masks == target.bool()).flatten(1).all(1).float().mean().item()
+
+
+class _PositionPriorTerm(torch.nn.Module):
+    """SentencePositionPrior as an additive term, like CandidateRankPrior."""
+
+    def __init__(self):
+        super().__init__()
+        self.prior = SentencePositionPrior(text_dim=3)
+
+    def forward(self, logits, text, valid):
+        return self.prior(logits, text, valid) - logits
+
+
+def test_it_learns_the_second_from_the_left_where_the_position_prior_cannot():
+    ranked, position = _exact_masks(CandidateRankPrior(text_dim=3)), _exact_masks(_PositionPriorTerm())
+    assert ranked > 0.95 and position < 0.5, (ranked, position)
