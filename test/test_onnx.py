@@ -27,6 +27,10 @@ def exported(tmp_path_factory):
     with torch.no_grad():
         model.position_prior.proj.weight.normal_(0.0, 0.3)
         model.candidate_rank.proj.weight.normal_(0.0, 0.3)
+        # The rank prior acts only on candidates (p > 0.5): make sure this random model has some.
+        text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
+        out, _ = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
+        assert (model.candidate_rank(out.logits, text, valid) != 0).any()
         model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
         model.no_target.mlp[-1].bias.zero_()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})

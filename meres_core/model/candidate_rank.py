@@ -41,7 +41,7 @@ def component_labels(keep: torch.Tensor, steps: int) -> torch.Tensor:
     """keep (B, h, w) bool -> (B, h, w) float labels: 1 + the largest flat index of the pixel's
     8-connected component (0 off the mask), after `steps` rounds of propagation (enough for
     components up to `steps` pixels across)."""
-    b, h, w = keep.shape
+    h, w = keep.shape[-2:]
     index = torch.arange(1, h * w + 1, device=keep.device, dtype=torch.float32).view(1, h, w)
     on = keep.float()[:, None]  # (B, 1, h, w)
     labels = index[None] * on
@@ -69,7 +69,7 @@ def candidate_ranks(logits: torch.Tensor) -> torch.Tensor:
     heaviest = mass.max(1, keepdim=True).values  # (B, 1)
     is_candidate = (mass >= MIN_MASS_RATIO * heaviest) & (mass > 0)  # (B, slots)
 
-    top_mass, top = mass.topk(min(MAX_CANDIDATES, slots), dim=1)  # (B, R)
+    top = mass.topk(min(MAX_CANDIDATES, slots), dim=1).indices  # (B, R)
     top_valid = torch.gather(is_candidate, 1, top)  # (B, R)
     top_centre = torch.gather(centre, 1, top[..., None].expand(-1, -1, 2))  # (B, R, 2)
     own_centre = torch.gather(centre, 1, labels[..., None].expand(-1, -1, 2))  # (B, N, 2)
