@@ -107,6 +107,10 @@ class ModelConfig:
     # components of the decoder's own mask, linear in the pooled sentence features, for "the second
     # circle from the left" (model/candidate_rank.py). Off in `paper`.
     candidate_rank_prior: bool = False
+    # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
+    # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other
+    # sentences), so the prior has the candidates to count (model/meres.py compute_loss). 0: off.
+    candidate_weight: float = 0.0
     # Not in the paper: a no-target classifier (ReLA's) folded into the mask, p = sigmoid(l) sigmoid(t),
     # trained with BCE on "the target exists" (model/no_target.py). Off in `paper`.
     no_target_head: bool = False

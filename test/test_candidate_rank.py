@@ -3,6 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from meres_core.config import load_config
+from meres_core.data.transforms import preprocess_image
+from meres_core.model.losses import upsample_logits
+from meres_core.model.meres import MERES
 from meres_core.model.candidate_rank import MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks
 from meres_core.model.position_prior import SentencePositionPrior
 
@@ -96,3 +99,33 @@ class _PositionPriorTerm(torch.nn.Module):
 def test_it_learns_the_second_from_the_left_where_the_position_prior_cannot():
     ranked, position = _exact_masks(CandidateRankPrior(text_dim=3)), _exact_masks(_PositionPriorTerm())
     assert ranked > 0.95 and position < 0.5, (ranked, position)
+
+
+def test_candidate_loss_supervises_the_decoders_mask_before_the_priors(tiny_cfg, scene):
+    """model.candidate_weight: BCE of the decoder's logits before the priors against what the sentence's
+    qualifier ranks; the priors' weights get none of its gradient."""
+    torch.manual_seed(0)
+    sentences = ["the second circle from the left", "the red circle"]
+    image = preprocess_image(scene, tiny_cfg.model.vision.img_size)[None].expand(2, -1, -1, -1)
+    masks, ranked = torch.zeros(2, 64, 64), torch.zeros(2, 64, 64)
+    masks[0, 10:20, 30:40] = ranked[0, 10:20, 30:40] = ranked[0, 10:20, 5:15] = ranked[0, 40:50, 50:60] = 1
+    masks[1, 30:40, 30:40] = ranked[1, 30:40, 30:40] = 1  # no qualifier: the target itself
+    plain = MERES(load_config("tiny", overrides={"model": {"candidate_rank_prior": True}}).model)
+    ids, attention = plain.tokenize(sentences)
+    assert "candidates" not in plain.compute_loss(plain(image, ids, attention), masks, ranked)
+
+    weight = 0.5
+    model = MERES(load_config("tiny", overrides={"model": {"candidate_rank_prior": True,
+                                                           "candidate_weight": weight}}).model)
+    with torch.no_grad():
+        model.candidate_rank.proj.bias.fill_(0.3)
+    out = model(image, ids, attention)
+    assert not torch.allclose(out.candidate_logits, out.logits)  # the priors come after it
+    losses = model.compute_loss(out, masks, ranked)
+    expected = F.binary_cross_entropy_with_logits(upsample_logits(out.candidate_logits, (64, 64)), ranked)
+    assert torch.allclose(losses["candidates"], expected)
+    others = losses["bce"] + model.cfg.contrastive_weight * losses["contrastive"]  # tiny: no Dice
+    assert torch.allclose(losses["loss"], others + weight * expected, atol=1e-6)
+    losses["candidates"].backward()
+    assert model.decoder.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.candidate_rank.parameters())

@@ -40,7 +40,7 @@ def boundary_band(mask):
 
 def test_samples_match_what_the_generator_drew(root):
     instances = json.loads((root / "synth" / "instances.json").read_text())
-    encodings = set()
+    encodings, ranked_kinds = set(), set()
     for split in ("train", "val", "test"):
         ds = synth(root, split, keep_original=True)
         assert len(ds) == sum(len(r["sentences"]) for r in read_refs(root) if r["split"] == split)
@@ -52,6 +52,13 @@ def test_samples_match_what_the_generator_drew(root):
             assert sample["orig_image"].shape == (H, W, 3) and sample["orig_image"].dtype == np.uint8
             assert sample["sentence"] and isinstance(sample["kind"], str)
             ref = next(r for r in ds.refs if r["ref_id"] == sample["ref_id"])
+            sentence = next(t for t in ref["sentences"] if t["sent_id"] == sample["sent_id"])
+            ranked = sentence.get("ranked_ann_ids")
+            ranked_kinds.add(sample["kind"] if ranked else None)
+            expected = ds.ref_mask({"ann_id": ranked}, H, W) if ranked else sample["orig_mask"]
+            assert torch.equal(sample["ranked_mask"], resize_mask(expected, SIZE))
+            if ranked:
+                assert ref["ann_id"] in ranked and expected.sum() > sample["orig_mask"].sum()
             if sample["no_target"]:
                 assert ref["ann_id"] == -1 and sample["kind"] == "absent" and not sample["orig_mask"].any()
                 continue
@@ -68,6 +75,7 @@ def test_samples_match_what_the_generator_drew(root):
                 assert (sample["orig_mask"] & drawn).sum() > 0.8 * (sample["orig_mask"] | drawn).sum()
         assert not ds.skipped
     assert encodings == {"list", "dict"}
+    assert ranked_kinds == {None, "spatial", "ordinal"}  # ranked_mask: the ranked objects, else the target
 
 
 def test_image_tensor_and_kinds(root):

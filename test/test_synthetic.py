@@ -131,8 +131,9 @@ def key(o, direction):
     return {"left": o["x"], "right": -o["x"], "top": o["y"], "bottom": -o["y"]}[direction]
 
 
-def check_sentence(sent, kind, ann_id, objects):
-    """Assert that `sent` refers to exactly the object `ann_id` (-1: to nothing)."""
+def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None):
+    """Assert that `sent` refers to exactly the object `ann_id` (-1: to nothing), and that
+    `ranked_ann_ids` are the objects its extreme or ordinal qualifier ranks (None for other sentences)."""
     relation = find(sent, RELATION_OF)
     head = sent.split(f" {relation} ")[0] if relation else sent
     candidates = matching(objects, *noun_phrase(head))
@@ -146,6 +147,10 @@ def check_sentence(sent, kind, ann_id, objects):
     extreme = next((d for d, words in EXTREMES.items() if find(head, words)), None)
     ordinal = find(head, ORDINAL_OF)
     size = next((s for s, words in SIZES.items() if find(head, words)), None)
+    if (kind == "spatial" and not relation) or kind == "ordinal":
+        assert ranked_ann_ids is not None and sorted(ranked_ann_ids) == sorted(ids), sent
+    else:
+        assert ranked_ann_ids is None, sent
     if kind in ("category", "attribute"):
         assert ids == [ann_id], sent
     elif kind == "spatial" and relation:
@@ -182,7 +187,7 @@ def test_expressions_are_true_and_unambiguous(synth):
     for ref in refs:
         objects = objects_of(ref["image_id"], instances)
         for s in ref["sentences"]:
-            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects)
+            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects, s.get("ranked_ann_ids"))
             checked.add(s["kind"])
     assert checked == KINDS
 

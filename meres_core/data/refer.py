@@ -116,7 +116,8 @@ class ReferDataset(Dataset):
     """One sample per sentence of the refs of `split`.
 
     A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
-    of 0/1, sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
+    of 0/1, ranked_mask (the same for the objects a sentence's `ranked_ann_ids` name, else
+    the mask), sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
     dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
     when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
@@ -233,9 +234,16 @@ class ReferDataset(Dataset):
         mask = self.ref_mask(ref, *image.shape[:2])
         if not no_target and not mask.any():
             return self._skip("empty_mask", ref, sentence)
+        resized = resize_mask(mask, self.img_size)
+        ranked = sentence.get("ranked_ann_ids")
+        if ranked and any(i not in self.annotations for i in ranked):
+            return self._skip("missing_annotation", ref, sentence)
         sample = {
             "image": pixels,
-            "mask": resize_mask(mask, self.img_size),
+            "mask": resized,
+            # What the sentence's qualifier ranks (meres-synth's `ranked_ann_ids`), else the target itself.
+            "ranked_mask": resize_mask(self.ref_mask({"ann_id": ranked}, *image.shape[:2]), self.img_size)
+            if ranked else resized,
             "sentence": text,
             "ref_id": int(ref["ref_id"]),
             "sent_id": int(sentence["sent_id"]),

@@ -28,6 +28,7 @@ class MeresOutput:
     feature_size: tuple[int, int]  # (h, w) of F4, N = h * w
     tau: Optional[torch.Tensor]
     target_logit: Optional[torch.Tensor] = None  # t (B,) of the no-target head, when configured
+    candidate_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the decoder's, before the priors
 
 
 class MERES(nn.Module):
@@ -77,7 +78,10 @@ class MERES(nn.Module):
         """
         out, (coarse, fine) = self._guide(features, text, text_valid)
         # Both priors read the candidates off the decoder's own mask, before either is added.
-        rank_prior = self.candidate_rank(out.logits, text, text_valid) if self.candidate_rank is not None else None
+        rank_prior = None
+        if self.candidate_rank is not None:
+            rank_prior = self.candidate_rank(out.logits, text, text_valid)
+            out.candidate_logits = out.logits
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
         if rank_prior is not None:
@@ -134,9 +138,11 @@ class MERES(nn.Module):
             features = [f[image_index] for f in features]  # (B, C_i, H_i, W_i)
         return self.decode(features, text, valid)
 
-    def compute_loss(self, out: MeresOutput, masks: torch.Tensor) -> dict[str, torch.Tensor]:
+    def compute_loss(self, out: MeresOutput, masks: torch.Tensor,
+                     ranked_masks: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
-        [+ no_target_weight * BCE(t, target present)]."""
+        [+ no_target_weight * BCE(t, target present)] [+ candidate_weight * BCE(decoder's logits before
+        the priors, ranked_masks)]; ranked_masks (B, H, W): what each sentence's qualifier ranks."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -151,6 +157,10 @@ class MERES(nn.Module):
         if out.target_logit is not None:
             losses["no_target"] = target_bce(out.target_logit, masks)
             losses["loss"] = losses["loss"] + self.cfg.no_target_weight * losses["no_target"]
+        if self.cfg.candidate_weight and out.candidate_logits is not None and ranked_masks is not None:
+            candidates = upsample_logits(out.candidate_logits, ranked_masks.shape[-2:])
+            losses["candidates"] = segmentation_bce(candidates, ranked_masks)
+            losses["loss"] = losses["loss"] + self.cfg.candidate_weight * losses["candidates"]
         return losses
 
 

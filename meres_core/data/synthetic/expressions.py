@@ -166,15 +166,26 @@ def _raw(rng: np.random.Generator, text: str) -> str:
     return text
 
 
-def _sentence(raw: str, sent_id: int, kind: str) -> dict:
+def _sentence(raw: str, sent_id: int, kind: str, ranked_ann_ids: Optional[list[int]] = None) -> dict:
     tokens = re.sub(r"[^a-z0-9\- ]", "", raw.lower()).split()
     # Interned so that the pickle is byte-identical whether workers were used or not.
-    return {"tokens": tokens, "raw": raw, "sent": " ".join(tokens), "sent_id": sent_id, "kind": sys.intern(kind)}
+    sentence = {"tokens": tokens, "raw": raw, "sent": " ".join(tokens), "sent_id": sent_id, "kind": sys.intern(kind)}
+    if ranked_ann_ids is not None:
+        sentence["ranked_ann_ids"] = ranked_ann_ids
+    return sentence
+
+
+def _ranked_members(query: Query, shapes: list[Shape]) -> Optional[tuple[int, ...]]:
+    """The shapes a positional qualifier ranks ("the second circle from the left": every circle), for
+    the extreme and ordinal qualifiers; None for the others."""
+    if query.qualifier and query.qualifier[0] in ("extreme", "ordinal"):
+        return tuple(_members(shapes, query.category, query.color))
+    return None
 
 
 def _describe(rng: np.random.Generator, scene: Scene, height: int, width: int, absent_rate: float,
-              sentences_per_object: int) -> list[tuple[int, str, list[tuple[str, str]]]]:
-    """Refs of one scene as (target index or -1, category, [(raw sentence, kind)])."""
+              sentences_per_object: int) -> list[tuple[int, str, list[tuple[str, str, Optional[tuple[int, ...]]]]]]:
+    """Refs of one scene as (target index or -1, category, [(raw sentence, kind, ranked shape indices)])."""
     refs = []
     for t, shape in enumerate(scene.shapes):
         if shape.visible_fraction < MIN_TARGET_VISIBLE:
@@ -187,9 +198,10 @@ def _describe(rng: np.random.Generator, scene: Scene, height: int, width: int, a
         chosen = [kinds[i] for i in rng.permutation(len(kinds))[:sentences_per_object]]
         queries = [by_kind[k][int(rng.integers(len(by_kind[k])))] for k in chosen]
         if queries:
-            refs.append((t, shape.category, [(_raw(rng, _text(rng, q, scene.shapes)), q.kind) for q in queries]))
+            refs.append((t, shape.category, [(_raw(rng, _text(rng, q, scene.shapes)), q.kind,
+                                              _ranked_members(q, scene.shapes)) for q in queries]))
     n_sentences = sum(len(sentences) for *_, sentences in refs)
     for _ in range(int(rng.binomial(n_sentences, min(absent_rate, 1.0)))):
         query = _absent_query(rng, scene.shapes)
-        refs.append((-1, query.category, [(_raw(rng, _text(rng, query, scene.shapes)), "absent")]))
+        refs.append((-1, query.category, [(_raw(rng, _text(rng, query, scene.shapes)), "absent", None)]))
     return refs

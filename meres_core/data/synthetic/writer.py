@@ -12,7 +12,8 @@ Layout under `out_dir` (readable by `meres_core.data.refer.ReferDataset` with
 
     images/synth_000001.png        RGB
     synth/instances.json           COCO: polygons for half the objects, RLE for the rest
-    synth/refs(synth).p            list of REFER ref dicts; sentences carry a `kind`
+    synth/refs(synth).p            list of REFER ref dicts; sentences carry a `kind`, and those with
+                                   an extreme or ordinal qualifier the `ranked_ann_ids` it ranks
     depth/synth_000001.png         uint16 millimetres (optional)
     camera_info.json               pinhole intrinsics of the depth images (optional)
     meta.json                      seed, options and counts per split and kind
@@ -44,7 +45,7 @@ from .expressions import _describe, _sentence
 from .scene import _render, _scene_rng, camera_info
 from .vocabulary import CATEGORY_IDS, KINDS
 
-VERSION = "1.1"
+VERSION = "1.2"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
@@ -169,7 +170,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
                 ref = {
                     "ref_id": len(refs) + 1, "ann_id": ann_id, "image_id": job.image_id,
                     "category_id": CATEGORY_IDS[category], "split": split,
-                    "sentences": [_sentence(raw, first + k, kind) for k, (raw, kind) in enumerate(sentences)],
+                    "sentences": [_sentence(raw, first + k, kind, None if ranked is None else [ann_ids[i] for i in ranked])
+                                  for k, (raw, kind, ranked) in enumerate(sentences)],
                     # REFER names a ref's file after image and annotation; loaders use instances.json instead.
                     "file_name": name if ann_id == -1 else f"{Path(name).stem}_{ann_id}.png",
                 }
@@ -179,7 +181,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
                 refs.append(ref)
                 counts["refs"][split] += 1
                 counts["sentences"][split] += len(sentences)
-                counts["kinds"].update(kind for _, kind in sentences)
+                counts["kinds"].update(kind for _, kind, _ in sentences)
 
     instances = {
         "info": {"description": "MERES synthetic referring scenes", "version": VERSION},
