@@ -148,6 +148,7 @@ class ReferDataset(Dataset):
 
         needed_images = {r["image_id"] for r in self.refs}
         needed_anns = {i for r in self.refs for i in _ann_ids(r)}
+        needed_anns |= {i for r in self.refs for s in r["sentences"] for i in s.get("ranked_ann_ids") or ()}
         self.images = {im["id"]: im for im in instances["images"] if im["id"] in needed_images}
         self.annotations = {a["id"]: a for a in instances["annotations"] if a["id"] in needed_anns}
         self.samples = [(r, s) for r in self.refs for s in r["sentences"]]
