@@ -127,6 +127,23 @@ def test_malicious_pickle_is_rejected(root, tmp_path):
     assert not marker.exists()
 
 
+def test_objects_only_a_qualifier_ranks_are_loaded(root, tmp_path):
+    """ranked_mask covers the ranked objects even when no ref of the split targets them."""
+    copy = tmp_path / "ranked_only"
+    shutil.copytree(root, copy)
+    refs = read_refs(copy)
+    ref, sentence = next((r, s) for r in refs for s in r["sentences"] if s.get("ranked_ann_ids") and r["split"] == "train")
+    others = [i for i in sentence["ranked_ann_ids"] if i != ref["ann_id"]]
+    kept = [r for r in refs if r is ref or r["ann_id"] not in others]  # no ref targets the other ranked objects
+    (copy / "synth" / "refs(synth).p").write_bytes(pickle.dumps(kept, protocol=2))
+    ds = synth(copy, keep_original=True)
+    index = next(i for i, (r, s) in enumerate(ds.samples) if s["sent_id"] == sentence["sent_id"])
+    sample = ds[index]
+    assert sample is not None and not ds.skipped
+    expected = ds.ref_mask({"ann_id": sentence["ranked_ann_ids"]}, H, W)
+    assert torch.equal(sample["ranked_mask"], resize_mask(expected, SIZE)) and expected.sum() > sample["orig_mask"].sum()
+
+
 def test_broken_samples_are_skipped_and_counted(root, tmp_path, caplog):
     broken = tmp_path / "broken"
     shutil.copytree(root, broken)
