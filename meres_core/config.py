@@ -158,6 +158,9 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("extractor.softmax_temperature must be > 0 (or null: Eq. 6 as written)")
     if not 0.0 < cfg.inference.ambiguity_ratio <= 1.0:
         raise ValueError("inference.ambiguity_ratio must be in (0, 1]")
+    if m.candidate_weight < 0 or (m.candidate_weight and not m.candidate_rank_prior):
+        raise ValueError("model.candidate_weight must be >= 0 and needs model.candidate_rank_prior "
+                         "(the loss supervises the mask the rank prior counts)")
     return cfg
 
 

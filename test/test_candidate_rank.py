@@ -1,4 +1,5 @@
 """model.candidate_rank_prior: a weight per (side, rank) of the pixel's candidate (model/candidate_rank.py)."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -110,6 +111,8 @@ def test_candidate_loss_supervises_the_decoders_mask_before_the_priors(tiny_cfg,
     masks, ranked = torch.zeros(2, 64, 64), torch.zeros(2, 64, 64)
     masks[0, 10:20, 30:40] = ranked[0, 10:20, 30:40] = ranked[0, 10:20, 5:15] = ranked[0, 40:50, 50:60] = 1
     masks[1, 30:40, 30:40] = ranked[1, 30:40, 30:40] = 1  # no qualifier: the target itself
+    with pytest.raises(ValueError, match="needs model.candidate_rank_prior"):
+        load_config("tiny", overrides={"model": {"candidate_weight": 1.0}})
     plain = MERES(load_config("tiny", overrides={"model": {"candidate_rank_prior": True}}).model)
     ids, attention = plain.tokenize(sentences)
     assert "candidates" not in plain.compute_loss(plain(image, ids, attention), masks, ranked)
