@@ -111,6 +111,11 @@ class ModelConfig:
     # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other
     # sentences), so the prior has the candidates to count (model/meres.py compute_loss). 0: off.
     candidate_weight: float = 0.0
+    # With the rank prior: the candidates are the peaks of a centre heatmap (CenterNet's, one peak per
+    # object the qualifier ranks; focal loss weight `centre_weight`) instead of the mask's connected
+    # components, which merge touching objects (model/instance_centres.py). Off in `paper` and `demo`.
+    candidate_centres: bool = False
+    centre_weight: float = 1.0
     # Not in the paper: a no-target classifier (ReLA's) folded into the mask, p = sigmoid(l) sigmoid(t),
     # trained with BCE on "the target exists" (model/no_target.py). Off in `paper`.
     no_target_head: bool = False
@@ -161,6 +166,10 @@ def validate(cfg: MeresConfig) -> MeresConfig:
     if m.candidate_weight < 0 or (m.candidate_weight and not m.candidate_rank_prior):
         raise ValueError("model.candidate_weight must be >= 0 and needs model.candidate_rank_prior "
                          "(the loss supervises the mask the rank prior counts)")
+    if m.candidate_centres and not m.candidate_rank_prior:
+        raise ValueError("model.candidate_centres needs model.candidate_rank_prior (the centres are what it ranks)")
+    if m.centre_weight < 0:
+        raise ValueError("model.centre_weight must be >= 0")
     return cfg
 
 

@@ -59,12 +59,20 @@ def test_samples_match_what_the_generator_drew(root):
             assert torch.equal(sample["ranked_mask"], resize_mask(expected, SIZE))
             if ranked:
                 assert ref["ann_id"] in ranked and expected.sum() > sample["orig_mask"].sum()
+            # ranked_centres: the drawn (visible) centroids of the ranked objects, else of the target, in [-1, 1].
+            anns = [a for a in instances["annotations"] if a["image_id"] == sample["image_id"]]
+            ann_ids = [a["id"] for a in anns]
+            shapes = render_scene(SEED, sample["image_id"], H, W, depth=False).shapes
+            named = ranked or ([] if sample["no_target"] else [ref["ann_id"]])
+            drawn_centres = torch.tensor([shapes[ann_ids.index(i)].centroid for i in named]).view(-1, 2)
+            drawn_centres = (drawn_centres + 0.5) / torch.tensor([W, H]) * 2 - 1
+            centres = sample["ranked_centres"]
+            assert centres[len(named):].isnan().all() and torch.allclose(centres[:len(named)], drawn_centres, atol=4 / W)
             if sample["no_target"]:
                 assert ref["ann_id"] == -1 and sample["kind"] == "absent" and not sample["orig_mask"].any()
                 continue
-            anns = [a for a in instances["annotations"] if a["image_id"] == sample["image_id"]]
-            index = [a["id"] for a in anns].index(ref["ann_id"])
-            drawn = render_scene(SEED, sample["image_id"], H, W, depth=False).shapes[index].visible
+            index = ann_ids.index(ref["ann_id"])
+            drawn = shapes[index].visible
             segmentation = anns[index]["segmentation"]
             encodings.add(type(segmentation).__name__)
             if isinstance(segmentation, dict):

@@ -212,6 +212,18 @@ def test_a_run_of_sentences_encodes_its_image_once_with_the_same_loss(tmp_path, 
         train.Trainer(load_train_config(bad), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
 
 
+def test_a_training_step_trains_the_centre_head_on_the_ranked_centres(tmp_path, scene_root):
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=4, eval={"overlays": 0},
+                          model={"candidate_rank_prior": True, "candidate_centres": True})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    trainer.sampler.set_epoch(0)
+    batch = next(iter(trainer.loader))
+    assert batch["ranked_centres"].shape == (4, 8, 2)
+    before = trainer.model.centre_head.net[0].weight.detach().clone()
+    losses = trainer.train_step([batch])
+    assert losses["centres"] > 0 and not torch.equal(trainer.model.centre_head.net[0].weight, before)
+
+
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),
                          ids=lambda path: path.stem)
 def test_every_shipped_training_config_loads(config):

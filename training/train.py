@@ -190,8 +190,9 @@ class LossModel(nn.Module):
         self.model = model
 
     def forward(self, images, masks, input_ids, attention_mask, image_index=None,
-                ranked_masks=None) -> dict[str, torch.Tensor]:
-        return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks, ranked_masks)
+                ranked_masks=None, ranked_centres=None) -> dict[str, torch.Tensor]:
+        return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks, ranked_masks,
+                                       ranked_centres)
 
 
 def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,7 +402,8 @@ class Trainer:
                 with autocast(self.dtype, device):
                     losses = self.ddp(images.to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
                                       input_ids, attention_mask, image_index.to(device, non_blocking=True),
-                                      batch["ranked_mask"].to(device, non_blocking=True))
+                                      batch["ranked_mask"].to(device, non_blocking=True),
+                                      batch["ranked_centres"].to(device, non_blocking=True))
                 self.scaler.scale(losses["loss"] / accumulation).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item() / accumulation

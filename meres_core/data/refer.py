@@ -28,7 +28,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from meres_core.data.transforms import preprocess_image, resize_mask
+from meres_core.data.transforms import mask_centroids, preprocess_image, resize_mask
 
 COCO_IMAGE_ROOT = Path("images/mscoco/images/train2014")
 IMAGE_ROOTS = {"synth": Path("images")}  # relative to data_root; other datasets use COCO_IMAGE_ROOT
@@ -117,7 +117,7 @@ class ReferDataset(Dataset):
 
     A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
     of 0/1, ranked_mask (the same for the objects a sentence's `ranked_ann_ids` name, else
-    the mask), sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
+    the mask), ranked_centres (their centroids, transforms.mask_centroids), sentence, ref_id, sent_id, image_id, kind (the sentence's `kind`, else the
     dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
     when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
@@ -232,19 +232,26 @@ class ReferDataset(Dataset):
         if image.shape[:2] != (info["height"], info["width"]):
             return self._skip("image_size_mismatch", ref, sentence)
         no_target = bool(ref.get("no_target", False)) or not _ann_ids(ref)
-        mask = self.ref_mask(ref, *image.shape[:2])
-        if not no_target and not mask.any():
-            return self._skip("empty_mask", ref, sentence)
-        resized = resize_mask(mask, self.img_size)
         ranked = sentence.get("ranked_ann_ids")
         if ranked and any(i not in self.annotations for i in ranked):
             return self._skip("missing_annotation", ref, sentence)
+        # What the sentence's qualifier ranks (meres-synth's `ranked_ann_ids`), else the target itself.
+        ranked = [int(i) for i in ranked] if ranked else _ann_ids(ref)
+        ann_masks = {i: decode_segmentation(self.annotations[i]["segmentation"], *image.shape[:2])
+                     for i in set(_ann_ids(ref)) | set(ranked)}
+        mask = np.zeros(image.shape[:2], bool)
+        for i in _ann_ids(ref):
+            mask |= ann_masks[i]
+        if not no_target and not mask.any():
+            return self._skip("empty_mask", ref, sentence)
+        ranked_mask = np.zeros(image.shape[:2], bool)
+        for i in ranked:
+            ranked_mask |= ann_masks[i]
         sample = {
             "image": pixels,
-            "mask": resized,
-            # What the sentence's qualifier ranks (meres-synth's `ranked_ann_ids`), else the target itself.
-            "ranked_mask": resize_mask(self.ref_mask({"ann_id": ranked}, *image.shape[:2]), self.img_size)
-            if ranked else resized,
+            "mask": resize_mask(mask, self.img_size),
+            "ranked_mask": resize_mask(ranked_mask, self.img_size),
+            "ranked_centres": mask_centroids([ann_masks[i] for i in ranked]),
             "sentence": text,
             "ref_id": int(ref["ref_id"]),
             "sent_id": int(sentence["sent_id"]),

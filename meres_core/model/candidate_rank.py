@@ -15,9 +15,12 @@ ranks are not differentiated (as the position prior's centroid): they say which 
 which; the weights learn which one the sentence names. Zero-initialized, so a warm-started
 model starts unchanged. Components are found by propagating the largest pixel index through
 3x3 neighbourhoods (max pooling), a fixed number of times: no data-dependent control flow, so
-the model still exports to ONNX and compiles.
+the model still exports to ONNX and compiles. With `candidate_centres` the candidates are the peaks
+of a centre heatmap instead (instance_centres.py): components merge objects that touch.
 """
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,7 @@ from torch import nn
 
 from .coordinates import cell_centres
 from .encoders import sentence_mean
+from .instance_centres import centre_peaks
 
 SIDES = ("left", "right", "top", "bottom")
 MAX_RANK = 4  # "first" .. "fourth", the ordinals of meres-synth and the held-out scenes
@@ -74,15 +78,35 @@ def candidate_ranks(logits: torch.Tensor) -> torch.Tensor:
     top_centre = torch.gather(centre, 1, top[..., None].expand(-1, -1, 2))  # (B, R, 2)
     own_centre = torch.gather(centre, 1, labels[..., None].expand(-1, -1, 2))  # (B, N, 2)
     own_valid = torch.gather(is_candidate, 1, labels)  # (B, N)
+    return side_ranks(own_centre, own_valid, top_centre, top_valid).view(b, len(SIDES), h, w)
 
-    before = own_centre[:, :, None, :] - top_centre[:, None, :, :]  # (B, N, R, 2): > 0 where r lies left / above
-    valid = top_valid[:, None, :]
+
+def centre_candidate_ranks(logits: torch.Tensor, centre_logits: torch.Tensor) -> torch.Tensor:
+    """As candidate_ranks, with the candidates the peaks of centre_logits (B, 1, h, w) on the mask
+    (instance_centres.py): each mask pixel belongs to the nearest peak."""
+    b, _, h, w = logits.shape
+    keep = (torch.sigmoid(logits.detach().float()) > 0.5)[:, 0]  # (B, h, w)
+    centres, valid = centre_peaks(centre_logits, keep)  # (B, K, 2), (B, K)
+    ys, xs = cell_centres(h, centres), cell_centres(w, centres)
+    grid = torch.stack([xs.expand(h, w).flatten(), ys[:, None].expand(h, w).flatten()], -1)  # (N, 2)
+    distance = ((grid[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, N, K), squared
+    nearest = distance.masked_fill(~valid[:, None], float("inf")).argmin(-1)  # (B, N)
+    own_centre = torch.gather(centres, 1, nearest[..., None].expand(-1, -1, 2))  # (B, N, 2)
+    own_valid = keep.flatten(1) & valid.any(1, keepdim=True)
+    return side_ranks(own_centre, own_valid, centres, valid).view(b, len(SIDES), h, w)
+
+
+def side_ranks(own_centre: torch.Tensor, own_valid: torch.Tensor, centres: torch.Tensor,
+               valid: torch.Tensor) -> torch.Tensor:
+    """own_centre (B, N, 2) each pixel's candidate centre, own_valid (B, N); centres (B, R, 2) of the
+    candidates, valid (B, R) -> (B, 4, N): the rank of the pixel's candidate from each of SIDES, -1 off them."""
+    before = own_centre[:, :, None, :] - centres[:, None, :, :]  # (B, N, R, 2): > 0 where r lies left / above
+    valid = valid[:, None, :]
     ranks = torch.stack([((before[..., 0] > 0) & valid).sum(-1),  # from the left
                          ((before[..., 0] < 0) & valid).sum(-1),  # from the right
                          ((before[..., 1] > 0) & valid).sum(-1),  # from the top
                          ((before[..., 1] < 0) & valid).sum(-1)], 1)  # (B, 4, N)
-    ranks = torch.where(own_valid[:, None], ranks, torch.full_like(ranks, -1))
-    return ranks.view(b, len(SIDES), h, w)
+    return torch.where(own_valid[:, None], ranks, torch.full_like(ranks, -1))
 
 
 class CandidateRankPrior(nn.Module):
@@ -92,12 +116,15 @@ class CandidateRankPrior(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
-    def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
-        """candidates (B, 1, h, w) the decoder's logits; text (B, T, D_t), text_valid (B, T) ->
-        the prior (B, 1, h, w), to be added to the logits."""
+    def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
+                centre_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """candidates (B, 1, h, w) the decoder's logits; text (B, T, D_t), text_valid (B, T); centre_logits
+        (B, 1, h, w) of the centre head, None: components are the candidates -> the prior (B, 1, h, w),
+        to be added to the logits."""
         b, _, h, w = candidates.shape
         weights = (SCALE * self.proj(sentence_mean(text, text_valid))).float().view(b, len(SIDES), MAX_RANK)
-        ranks = candidate_ranks(candidates)  # (B, 4, h, w)
+        ranks = (candidate_ranks(candidates) if centre_logits is None
+                 else centre_candidate_ranks(candidates, centre_logits))  # (B, 4, h, w)
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
         prior = torch.einsum("bsk,bskhw->bhw", weights, onehot)  # (B, h, w)
         return prior[:, None].to(candidates.dtype)

@@ -18,6 +18,7 @@ from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
 from .candidate_rank import CandidateRankPrior
+from .instance_centres import CentreHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
 
 
@@ -29,6 +30,7 @@ class MeresOutput:
     tau: Optional[torch.Tensor]
     target_logit: Optional[torch.Tensor] = None  # t (B,) of the no-target head, when configured
     candidate_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the decoder's, before the priors
+    centre_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the candidates' centres, when configured
 
 
 class MERES(nn.Module):
@@ -53,6 +55,7 @@ class MERES(nn.Module):
                                            coord_features=cfg.coord_features)
         self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
         self.candidate_rank = CandidateRankPrior(self.text.dim) if cfg.candidate_rank_prior else None
+        self.centre_head = CentreHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)
 
@@ -79,8 +82,10 @@ class MERES(nn.Module):
         out, (coarse, fine) = self._guide(features, text, text_valid)
         # Both priors read the candidates off the decoder's own mask, before either is added.
         rank_prior = None
+        if self.centre_head is not None:
+            out.centre_logits = self.centre_head(fine)
         if self.candidate_rank is not None:
-            rank_prior = self.candidate_rank(out.logits, text, text_valid)
+            rank_prior = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
             out.candidate_logits = out.logits
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
@@ -139,10 +144,13 @@ class MERES(nn.Module):
         return self.decode(features, text, valid)
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor,
-                     ranked_masks: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                     ranked_masks: Optional[torch.Tensor] = None,
+                     ranked_centres: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
         [+ no_target_weight * BCE(t, target present)] [+ candidate_weight * BCE(decoder's logits before
-        the priors, ranked_masks)]; ranked_masks (B, H, W): what each sentence's qualifier ranks."""
+        the priors, ranked_masks)] [+ centre_weight * focal(centre heatmap, ranked_centres)];
+        ranked_masks (B, H, W): what each sentence's qualifier ranks, ranked_centres (B, M, 2) their
+        centroids (x, y in [-1, 1], NaN rows for none)."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -161,6 +169,9 @@ class MERES(nn.Module):
             candidates = upsample_logits(out.candidate_logits, ranked_masks.shape[-2:])
             losses["candidates"] = segmentation_bce(candidates, ranked_masks)
             losses["loss"] = losses["loss"] + self.cfg.candidate_weight * losses["candidates"]
+        if out.centre_logits is not None and ranked_centres is not None:
+            losses["centres"] = centre_focal_loss(out.centre_logits, ranked_centres)
+            losses["loss"] = losses["loss"] + self.cfg.centre_weight * losses["centres"]
         return losses
 
 
@@ -174,7 +185,8 @@ def count_parameters(model: MERES) -> dict[str, int]:
         "vision": n(model.vision) + n(model.pixel_proj),
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
-        "decoder": n(model.decoder) + n(model.position_prior) + n(model.candidate_rank) + n(model.no_target),
+        "decoder": (n(model.decoder) + n(model.position_prior) + n(model.candidate_rank) + n(model.centre_head)
+                    + n(model.no_target)),
     }
     counts["total"] = sum(counts.values())
     return counts
