@@ -582,8 +582,7 @@ def test_diagnostics_report_health(node):
     # No image for more than image_timeout (3 s): WARN; images again: OK.
     warning = client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.WARN)
     assert "no image" in warning.message
-    client.request(scene_image())
-    client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK)
+    client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.OK, between=lambda: client.publish_frame(scene_image()))
 
 
 def test_text_encoder_runs_once_per_sentence_not_per_frame(node):
