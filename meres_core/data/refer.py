@@ -118,8 +118,8 @@ class ReferDataset(Dataset):
     A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
     of 0/1, ranked_mask (the same for the objects a sentence's `ranked_ann_ids` name, else
     the mask), ranked_centres (their centroids, transforms.mask_centroids), sentence, ref_id,
-    sent_id, image_id, kind (the sentence's `kind`, else the dataset name), no_target, plus orig_image (uint8 HxWx3) and orig_mask (bool HxW)
-    when `keep_original`. A broken sample (unreadable image, empty sentence, empty
+    sent_id, image_id, kind (the sentence's `kind`, else the dataset name), no_target, plus
+    orig_image (uint8 HxWx3) and orig_mask (bool HxW) when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
     with DataLoader workers each worker process keeps its own count. With
     `skip_broken=False` it raises BrokenSampleError instead (evaluation of official splits).
