@@ -762,7 +762,11 @@ def test_compressed_images_jpeg_png_and_corrupt(ros_context, checkpoint):
                              image_qos=RELIABLE, image_format="jpeg")
         try:
             assert client.wait_for_node(90), process.log()
-            assert f"segmenting '/{name}/camera/color/compressed'" in process.log()
+            # The node logs this line after creating the subscription the client has already matched.
+            deadline = time.monotonic() + 30
+            while f"segmenting '/{name}/camera/color/compressed'" not in process.log():
+                assert time.monotonic() < deadline, process.log()
+                client.spin(0.2)
             client.set_expression("the red disc")
             rgb = scene_image()
             for image_format in ("jpeg", "png"):
