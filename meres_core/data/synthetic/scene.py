@@ -1,9 +1,17 @@
 """Rendering: flat coloured shapes on a textured background, drawn back to front, with depth.
 
-A scene depends only on (seed, image_id): `render_scene` rebuilds it.
+A scene depends only on (seed, image_id, appearance): `render_scene` rebuilds it.
+
+Appearances: `muted` (meres-synth 1.2's scenes: grey-ish textured backgrounds, shapes of
+circumradius 6-17% of the shorter side) and `varied`, domain randomization of what the
+sentence does not name: backgrounds of any hue and brightness, plain or hard-striped as well as
+textured, smaller shapes (4-17%), and sometimes no sensor noise; a quarter of its scenes keep the
+muted background. Colours and shapes keep their names' meaning: a background colour always stays
+at least BACKGROUND_CONTRAST (RGB distance) from every colour a shape of the scene is painted in.
 """
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Optional
@@ -14,6 +22,10 @@ import numpy as np
 from .vocabulary import CATEGORIES, COLORS
 
 MIN_VISIBLE = 0.35  # every drawn shape keeps at least this fraction visible
+APPEARANCES = ("muted", "varied")
+RADIUS_RANGE = {"muted": (0.06, 0.17), "varied": (0.04, 0.17)}  # circumradius, of the shorter side
+BACKGROUND_CONTRAST = 90.0
+VARIED_MUTED_SHARE = 0.25  # varied scenes that keep the muted background
 
 
 @dataclass
@@ -50,6 +62,7 @@ class Scene:
     image: np.ndarray  # uint8 HxWx3 RGB
     shapes: list[Shape]  # draw order, back to front
     depth: Optional[np.ndarray] = None  # uint16 HxW millimetres
+    background: str = "muted"  # muted | plain | stripes | texture (the latter three: `varied` only)
 
 
 
@@ -94,10 +107,13 @@ def _fill(poly: np.ndarray, height: int, width: int) -> np.ndarray:
     return canvas.astype(bool)
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Muted two-colour texture: gradient, stripes, checkerboard or smooth blotches (float HxWx3)."""
-    gray = rng.uniform(70, 190, 2)
-    colors = np.clip(gray[:, None] + rng.uniform(-30, 30, (2, 3)), 0, 255).astype(np.float32)
+def _background(rng: np.random.Generator, height: int, width: int, colors: Optional[np.ndarray] = None) -> np.ndarray:
+    """Two-colour texture: gradient, stripes, checkerboard or smooth blotches (float HxWx3).
+
+    `colors` (2, 3) RGB; None: two muted grey-ish ones."""
+    if colors is None:
+        gray = rng.uniform(70, 190, 2)
+        colors = np.clip(gray[:, None] + rng.uniform(-30, 30, (2, 3)), 0, 255).astype(np.float32)
     # Built at quarter resolution and upsampled: the patterns are smooth, and this is 16x cheaper.
     h, w = height // 4 + 1, width // 4 + 1
     yy = np.arange(h, dtype=np.float32)[:, None]
@@ -119,7 +135,44 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _place_shapes(rng: np.random.Generator, height: int, width: int) -> list[Shape]:
+def _contrasting_color(rng: np.random.Generator, avoid: np.ndarray, blend_with: Optional[np.ndarray] = None
+                       ) -> Optional[np.ndarray]:
+    """An RGB colour of any hue, grey to fairly saturated, dark to bright, at least BACKGROUND_CONTRAST
+    from every row of `avoid` (N, 3), and so is every blend of it with `blend_with` (textures
+    interpolate between their two colours); None when 50 draws found none."""
+    for _ in range(50):
+        rgb = np.array(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.8), rng.uniform(0.1, 1.0))) * 255
+        blends = rgb[None] if blend_with is None else np.linspace(rgb, blend_with, 9)
+        if np.linalg.norm(blends[:, None] - avoid[None], axis=2).min() >= BACKGROUND_CONTRAST:
+            return rgb.astype(np.float32)
+    return None
+
+
+def _varied_background(rng: np.random.Generator, height: int, width: int, shapes: list[Shape]
+                       ) -> tuple[str, np.ndarray]:
+    """A `varied` scene's background: (style, float HxWx3), plain, hard stripes or a texture, in colours
+    clear of the shapes' colours; the muted texture for VARIED_MUTED_SHARE of scenes."""
+    if rng.random() < VARIED_MUTED_SHARE:
+        return "muted", _background(rng, height, width)
+    avoid = np.array([COLORS[s.color] for s in shapes], np.float32)
+    style = ("plain", "stripes", "texture")[int(rng.integers(3))]
+    first = _contrasting_color(rng, avoid)
+    second = None if first is None else _contrasting_color(rng, avoid, first if style == "texture" else None)
+    if second is None:  # no colour clear of this palette
+        return "muted", _background(rng, height, width)
+    if style == "plain":
+        return style, np.broadcast_to(first, (height, width, 3)).copy()
+    if style == "stripes":  # hard edges, at full resolution
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        angle = rng.uniform(0, np.pi)
+        along = xx * np.cos(angle) + yy * np.sin(angle)
+        second_stripe = np.floor(along / (rng.uniform(0.015, 0.075) * width)) % 2 == 1
+        return style, np.where(second_stripe[..., None], second, first).astype(np.float32)
+    return style, _background(rng, height, width, np.stack([first, second]))
+
+
+def _place_shapes(rng: np.random.Generator, height: int, width: int,
+                  radius_range: tuple[float, float]) -> list[Shape]:
     """Sample 3-7 shapes from small category/colour palettes so that distractors repeat."""
     n = int(rng.integers(3, 8))
     cats = rng.choice(CATEGORIES, size=int(rng.integers(2, min(n, 4) + 1)), replace=False)
@@ -129,7 +182,7 @@ def _place_shapes(rng: np.random.Generator, height: int, width: int) -> list[Sha
     for _ in range(n):
         category, color = str(rng.choice(cats)), str(rng.choice(colors))
         for _attempt in range(30):
-            r = rng.uniform(0.06, 0.17) * side
+            r = rng.uniform(*radius_range) * side
             if shapes and rng.random() < 0.35:  # next to an existing shape, to get some occlusion
                 ax, ay = shapes[int(rng.integers(len(shapes)))].center
                 theta, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 2.0) * r
@@ -178,22 +231,29 @@ def _depth(rng: np.random.Generator, shapes: list[Shape], height: int, width: in
     return np.round(depth).astype(np.uint16)
 
 
-def _render(rng: np.random.Generator, height: int, width: int, depth: bool) -> Scene:
-    shapes = _place_shapes(rng, height, width)
-    canvas = _background(rng, height, width)
+def _render(rng: np.random.Generator, height: int, width: int, depth: bool, appearance: str = "muted") -> Scene:
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+    shapes = _place_shapes(rng, height, width, RADIUS_RANGE[appearance])
+    if appearance == "muted":
+        background, canvas = "muted", _background(rng, height, width)
+    else:
+        background, canvas = _varied_background(rng, height, width, shapes)
     for shape in shapes:
         _paint(rng, canvas, shape)
     # Luminance-only sensor noise, slightly blurred as by demosaicing; it halves the PNG size.
-    canvas += rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(rng.uniform(2, 8))
+    noise = rng.standard_normal((height, width, 1), dtype=np.float32)  # drawn before its level, as in 1.2
+    canvas += noise * np.float32(rng.uniform(2, 8) if appearance == "muted" else rng.uniform(0, 8))
     canvas = cv2.GaussianBlur(canvas, (3, 3), rng.uniform(0.3, 0.9))
     image = np.clip(canvas, 0, 255).astype(np.uint8)
-    return Scene(image, shapes, _depth(rng, shapes, height, width) if depth else None)
+    return Scene(image, shapes, _depth(rng, shapes, height, width) if depth else None, background)
 
 
 def _scene_rng(seed: int, image_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, image_id])
 
 
-def render_scene(seed: int, image_id: int, height: int = 480, width: int = 640, depth: bool = True) -> Scene:
-    """The scene `generate(seed=seed)` writes for `image_id` (expressions not included)."""
-    return _render(_scene_rng(seed, image_id), height, width, depth)
+def render_scene(seed: int, image_id: int, height: int = 480, width: int = 640, depth: bool = True,
+                 appearance: str = "muted") -> Scene:
+    """The scene `generate(seed=seed, appearance=appearance)` writes for `image_id` (expressions not included)."""
+    return _render(_scene_rng(seed, image_id), height, width, depth, appearance)

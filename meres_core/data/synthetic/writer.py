@@ -42,10 +42,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from .expressions import _describe, _sentence
-from .scene import _render, _scene_rng, camera_info
+from .scene import APPEARANCES, _render, _scene_rng, camera_info
 from .vocabulary import CATEGORY_IDS, KINDS
 
-VERSION = "1.2"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`
+VERSION = "1.3"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
@@ -99,12 +99,13 @@ class _Job:
     depth: bool
     absent_rate: float
     sentences_per_object: int
+    appearance: str
 
 
 def _build_image(job: _Job) -> tuple[list[dict], list]:
     """Render, write and describe one image. Ids are left to the caller, so workers stay independent."""
     rng = _scene_rng(job.seed, job.image_id)
-    scene = _render(rng, job.height, job.width, job.depth)
+    scene = _render(rng, job.height, job.width, job.depth, job.appearance)
     name = image_file_name(job.image_id)
     cv2.imwrite(str(job.out_dir / "images" / name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR), PNG_PARAMS)
     if job.depth:
@@ -124,7 +125,7 @@ def _build_image(job: _Job) -> tuple[list[dict], list]:
 
 def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: int = 640, depth: bool = True,
              split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), absent_fraction: float = 0.08,
-             sentences_per_object: int = 3, workers: int = 1) -> dict:
+             sentences_per_object: int = 3, appearance: str = "muted", workers: int = 1) -> dict:
     """Write `num_images` synthetic scenes under `out_dir` and return the meta dict.
 
     The output depends only on the arguments other than `workers` (processes used to render).
@@ -137,6 +138,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
         raise ValueError("absent_fraction must be in [0, 0.5]")
     if sentences_per_object < 1:
         raise ValueError("sentences_per_object must be >= 1")
+    if appearance not in APPEARANCES:
+        raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     out = Path(out_dir)
     for sub in ("images", DATASET) + (("depth",) if depth else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -145,7 +148,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
     split_of = np.repeat(np.arange(3), _split_sizes(num_images, split_fractions))[np.argsort(order)]
     # Absent sentences per object sentence, so that absent / all == absent_fraction on average.
     absent_rate = absent_fraction / (1 - absent_fraction)
-    jobs = [_Job(out, seed, i + 1, height, width, depth, absent_rate, sentences_per_object) for i in range(num_images)]
+    jobs = [_Job(out, seed, i + 1, height, width, depth, absent_rate, sentences_per_object,
+                 appearance) for i in range(num_images)]
     images, annotations, refs = [], [], []
     counts = {"images": Counter(), "refs": Counter(), "sentences": Counter(), "kinds": Counter()}
     n_sentences = 0
@@ -196,7 +200,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
     meta = {
         "generator": "meres-synth", "version": VERSION, "seed": seed, "num_images": num_images,
         "height": height, "width": width, "depth": depth, "split_fractions": list(split_fractions),
-        "absent_fraction": absent_fraction, "sentences_per_object": sentences_per_object,
+        "absent_fraction": absent_fraction, "sentences_per_object": sentences_per_object, "appearance": appearance,
         "annotations": len(annotations), "images": {s: counts["images"][s] for s in SPLITS},
         "refs": {s: counts["refs"][s] for s in SPLITS}, "sentences": {s: counts["sentences"][s] for s in SPLITS},
         "kinds": {k: counts["kinds"][k] for k in KINDS},
@@ -221,6 +225,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--no-depth", action="store_true", help="skip depth images and camera_info.json")
     parser.add_argument("--absent-fraction", type=float, default=0.08)
     parser.add_argument("--sentences-per-object", type=int, default=3)
+    parser.add_argument("--appearance", choices=APPEARANCES, default="muted",
+                        help="muted: meres-synth 1.2's scenes; varied: backgrounds of any colour and style, smaller shapes")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                         help="rendering processes (default: CPU count, at most 8); output does not depend on it")
     parser.add_argument("--splits", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1),
@@ -229,7 +235,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     start = time.perf_counter()
     meta = generate(args.out, args.images, seed=args.seed, height=args.size[0], width=args.size[1],
                     depth=not args.no_depth, split_fractions=args.splits, absent_fraction=args.absent_fraction,
-                    sentences_per_object=args.sentences_per_object, workers=args.workers)
+                    sentences_per_object=args.sentences_per_object, appearance=args.appearance,
+                    workers=args.workers)
     n_sent = sum(meta["sentences"].values())
     splits = " / ".join(f"{s} {meta['images'].get(s, 0)}" for s in SPLITS)
     print(f"meres-synth: {args.images} images ({splits}), {sum(meta['refs'].values())} refs, {n_sent} sentences "
