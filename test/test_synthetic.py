@@ -266,3 +266,54 @@ def test_cli(tmp_path, capsys):
     assert not (tmp_path / "depth").exists()
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--images", "2", "--size", "big"])
+
+
+def test_muted_scenes_are_those_of_meres_synth_1_2():
+    # sha256 of image + depth bytes from the renderer before `appearance` existed (commit e2eef4f):
+    # datasets named in training configs by seed are rebuilt unchanged.
+    import hashlib
+    before = {1: "3744ca95a1a8bea3", 2: "2b840c0b38739afd", 3: "a6ef51a3447b65e9"}
+    for image_id, digest in before.items():
+        scene = render_scene(3, image_id, H, W, depth=True)
+        assert scene.background == "muted"
+        assert hashlib.sha256(scene.image.tobytes() + scene.depth.tobytes()).hexdigest()[:16] == digest
+
+
+def _chroma(scene) -> float:
+    """Mean max-minus-min channel of the pixels no shape covers, a few pixels clear of them."""
+    near_shapes = cv2.dilate(np.any([s.full for s in scene.shapes], axis=0).astype(np.uint8), np.ones((7, 7)))
+    pixels = scene.image[near_shapes == 0].astype(float)
+    return float(np.mean(pixels.max(1) - pixels.min(1)))
+
+
+def test_varied_appearance_widens_backgrounds_and_sizes_and_keeps_colours_clear():
+    from meres_core.data.synthetic.scene import BACKGROUND_CONTRAST
+    from meres_core.data.synthetic.vocabulary import COLORS
+    muted = [render_scene(5, i, H, W, depth=False) for i in range(1, 31)]
+    varied = [render_scene(5, i, H, W, depth=False, appearance="varied") for i in range(1, 31)]
+    assert {s.background for s in varied} == {"muted", "plain", "stripes", "texture"}
+    # Muted backgrounds are grey-ish (channels within 60 of each other); varied ones take any hue.
+    assert max(_chroma(s) for s in muted) < 65
+    assert max(_chroma(s) for s in varied) > 90
+    # Shapes down to 4% of the shorter side (muted: 6%, whose smallest outline covers ~270 px here).
+    assert min(shape.full_area for s in muted for shape in s.shapes) > 250
+    assert min(shape.full_area for s in varied for shape in s.shapes) < 200
+    for scene in varied:
+        if scene.background == "muted":
+            continue
+        near_shapes = cv2.dilate(np.any([s.full for s in scene.shapes], axis=0).astype(np.uint8), np.ones((7, 7)))
+        background = scene.image[near_shapes == 0].astype(float)
+        for shape in scene.shapes:
+            # 10th percentile: sensor noise, blur and the shape's brightness jitter (+-15) take a share.
+            distance = np.percentile(np.linalg.norm(background - COLORS[shape.color], axis=1), 10)
+            assert distance >= BACKGROUND_CONTRAST - 30, (scene.background, shape.color, distance)
+
+
+def test_generate_writes_the_varied_appearance(tmp_path):
+    meta = generate(tmp_path, 2, seed=4, height=120, width=160, depth=False, appearance="varied")
+    assert meta["appearance"] == "varied" and meta["version"] == "1.3"
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / "synth_000002.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(render_scene(4, 2, 120, 160, depth=False, appearance="varied").image, written)
+    assert not np.array_equal(render_scene(4, 2, 120, 160, depth=False).image, written)
+    with pytest.raises(ValueError, match="appearance"):
+        generate(tmp_path / "bad", 1, appearance="neon")
