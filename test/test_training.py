@@ -411,6 +411,30 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, scene_root)
     assert a["metadata"]["val"]["oIoU"] == pytest.approx(b["metadata"]["val"]["oIoU"], abs=1e-6)
 
 
+def test_resuming_a_mid_run_checkpoint_at_its_step_still_validates(tmp_path, scene_root):
+    """latest.pt from a periodic checkpoint (no validation since), resumed with max_steps at its step:
+    the run has nothing left to train and must still validate and write best.pt."""
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", max_steps=1000, batch_size=4,
+                          checkpoint_every=2, eval={"every_steps": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "training.train", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if re.search(r"saved latest\.pt at step \d+", line):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    step = load_checkpoint(tmp_path / "run" / "latest.pt")["training_state"]["step"]
+    assert "val" not in load_checkpoint(tmp_path / "run" / "latest.pt")["metadata"]
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+    resumed = run_train(config, "--resume", "--set", f"max_steps={step}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    latest = load_checkpoint(tmp_path / "run" / "latest.pt")
+    assert latest["training_state"]["step"] == step and "oIoU" in latest["metadata"]["val"]
+    assert (tmp_path / "run" / "best.pt").exists()
+
+
 def test_time_budget_shrinks_the_step_budget_and_the_decay_ends_with_it(tmp_path, scene_root):
     """A 1000-step schedule under a 12 s budget: the run stops at what fits and the lr still decays to ~0.
 

@@ -269,6 +269,7 @@ class Trainer:
         self.best_oiou = -1.0
         self.train_seconds = 0.0  # summed over resumed runs
         self.budget_applied = False  # time_budget_s has fixed total_steps
+        self.validated_step = -1  # step of the last validation
         self.rate_start: Optional[tuple[int, float]] = None  # (step, train_seconds) where rate timing began
         seed_everything(cfg.seed + rt.rank)  # per-rank streams (dropout, drop path)
 
@@ -293,7 +294,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rngs, "best_oiou": self.best_oiou,
             "train_seconds": self.train_seconds, "total_steps": self.total_steps,
-            "budget_applied": self.budget_applied,
+            "budget_applied": self.budget_applied, "validated_step": self.validated_step,
         }
         metadata = {"train_config": as_dict(self.cfg), "step": self.step, "epoch": self.epoch,
                     "train_seconds": round(self.train_seconds, 1)}
@@ -316,6 +317,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.best_oiou, self.train_seconds = state["best_oiou"], state["train_seconds"]
+        self.validated_step = state.get("validated_step", -1)
         if state.get("budget_applied"):  # the step budget that time_budget_s fixed before the stop
             self.total_steps, self.budget_applied = state["total_steps"], True
         if state["world_size"] == self.rt.world_size:
@@ -345,13 +347,16 @@ class Trainer:
         improved = val is not None and val["oIoU"] > self.best_oiou  # known on rank 0 only
         if improved:
             self.best_oiou = val["oIoU"]
+        self.validated_step = self.step
         self.save(["latest.pt", "best.pt"] if improved else ["latest.pt"], val)
 
     def after_step(self, end_of_epoch: bool) -> None:
-        """Validate every `eval.every_steps` steps (default: at epoch ends) and at the last step;
-        checkpoint latest.pt every `checkpoint_every` steps and at epoch ends."""
+        """Validate every `eval.every_steps` steps (default: at epoch ends); checkpoint latest.pt every
+        `checkpoint_every` steps and at epoch ends. The last step is fit()'s."""
+        if self.step == self.total_steps:
+            return
         every = self.cfg.eval.every_steps
-        if self.step == self.total_steps or (every and self.step % every == 0) or (end_of_epoch and not every):
+        if (every and self.step % every == 0) or (end_of_epoch and not every):
             self.validate()  # also writes latest.pt
         elif end_of_epoch or self.step % self.cfg.checkpoint_every == 0:
             self.save(["latest.pt"])
@@ -459,6 +464,10 @@ class Trainer:
                 bar.total = self.total_steps
                 self.after_step(end_of_epoch)
         bar.close()
+        # The last step is validated (and best.pt written) here, also when a resumed run had
+        # nothing left to train: a checkpoint taken mid-run, resumed with max_steps at its step.
+        if self.validated_step != self.step:
+            self.validate()
         if rt.is_main:
             self.writer.close()
             log.info("done: %d steps in %.0f s of training; best val oIoU %.4f; checkpoints in %s",
