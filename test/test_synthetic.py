@@ -1,3 +1,4 @@
+import hashlib
 import json
 import pickle
 import re
@@ -271,7 +272,6 @@ def test_cli(tmp_path, capsys):
 def test_muted_scenes_are_those_of_meres_synth_1_2():
     # sha256 of image + depth bytes from the renderer before `appearance` existed (commit e2eef4f):
     # datasets named in training configs by seed are rebuilt unchanged.
-    import hashlib
     before = {1: "3744ca95a1a8bea3", 2: "2b840c0b38739afd", 3: "a6ef51a3447b65e9"}
     for image_id, digest in before.items():
         scene = render_scene(3, image_id, H, W, depth=True)
@@ -279,10 +279,15 @@ def test_muted_scenes_are_those_of_meres_synth_1_2():
         assert hashlib.sha256(scene.image.tobytes() + scene.depth.tobytes()).hexdigest()[:16] == digest
 
 
-def _chroma(scene) -> float:
-    """Mean max-minus-min channel of the pixels no shape covers, a few pixels clear of them."""
+def _background_pixels(scene) -> np.ndarray:
+    """float (N, 3): the pixels no shape covers, a few pixels clear of them (blur spreads edges)."""
     near_shapes = cv2.dilate(np.any([s.full for s in scene.shapes], axis=0).astype(np.uint8), np.ones((7, 7)))
-    pixels = scene.image[near_shapes == 0].astype(float)
+    return scene.image[near_shapes == 0].astype(float)
+
+
+def _chroma(scene) -> float:
+    """Mean max-minus-min channel of the background pixels."""
+    pixels = _background_pixels(scene)
     return float(np.mean(pixels.max(1) - pixels.min(1)))
 
 
@@ -301,8 +306,7 @@ def test_varied_appearance_widens_backgrounds_and_sizes_and_keeps_colours_clear(
     for scene in varied:
         if scene.background == "muted":
             continue
-        near_shapes = cv2.dilate(np.any([s.full for s in scene.shapes], axis=0).astype(np.uint8), np.ones((7, 7)))
-        background = scene.image[near_shapes == 0].astype(float)
+        background = _background_pixels(scene)
         for shape in scene.shapes:
             # 10th percentile: sensor noise, blur and the shape's brightness jitter (+-15) take a share.
             distance = np.percentile(np.linalg.norm(background - COLORS[shape.color], axis=1), 10)
