@@ -137,6 +137,21 @@ def test_kind_balanced_sampler_gives_each_kind_an_equal_share_and_resumes():
     assert list(sampler) != [kinds.index(k) for k in drawn]  # a new order each epoch
 
 
+def test_kind_shares_weight_the_balanced_draw():
+    kinds = ["attribute"] * 900 + ["ordinal"] * 90 + ["absent"] * 10
+    sampler = ResumableSampler(list(range(len(kinds))), num_replicas=1, rank=0, seed=0,
+                               weights=kind_balancing_weights(kinds, {"ordinal": 2.0, "attribute": 0.5}))
+    sampler.set_epoch(0)
+    drawn = [kinds[i] for i in sampler]
+    shares = {k: drawn.count(k) / len(drawn) for k in set(kinds)}
+    expected = {"attribute": 0.5 / 3.5, "ordinal": 2.0 / 3.5, "absent": 1.0 / 3.5}
+    assert all(abs(shares[k] - expected[k]) < 0.06 for k in expected), shares
+    with pytest.raises(ValueError, match="kind_shares.*balance_kinds"):
+        load_train_config(None, {"data": {"kind_shares": {"ordinal": 2.0}}})
+    with pytest.raises(ValueError, match="kind_shares must be > 0"):
+        load_train_config(None, {"data": {"epoch": "sentence", "balance_kinds": True, "kind_shares": {"size": 0}}})
+
+
 def test_per_ref_epoch_draws_one_sentence_of_every_ref_and_resumes():
     """LAVT / CGFormer: an epoch visits every ref once with one of its sentences drawn at random."""
     sizes = [3, 1, 2, 4] * 10

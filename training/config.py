@@ -60,6 +60,9 @@ class DataConfig:
     # Draw training sentences so that every sentence `kind` has the same share (with replacement,
     # a fixed order per (seed, epoch)). Kinds belong to sentences, not refs: needs epoch "sentence".
     balance_kinds: bool = False
+    # With balance_kinds: each listed kind's share relative to the others (unlisted kinds: 1.0),
+    # e.g. {ordinal: 2.0} draws ordinal sentences twice as often as each other kind.
+    kind_shares: Optional[dict[str, float]] = None
     # Training draws runs of this many sentences about one image (training/data.py ResumableSampler):
     # the image is encoded once per run, and the batch contrasts sentences of one scene. The
     # per-rank batch must be a multiple of it.
@@ -157,6 +160,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.data.balance_kinds and cfg.data.epoch != "sentence":
         raise ValueError("data.balance_kinds weights sentences by their kind, so it draws sentences, not refs: "
                          "set data.epoch: sentence with it")
+    if cfg.data.kind_shares is not None:
+        if not cfg.data.balance_kinds:
+            raise ValueError("data.kind_shares weights the kind-balanced draw: set data.balance_kinds: true with it")
+        if any(share <= 0 for share in cfg.data.kind_shares.values()):
+            raise ValueError(f"data.kind_shares must be > 0, got {cfg.data.kind_shares}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
         raise ValueError("max_steps must be >= 1")
     if cfg.time_budget_s is not None and cfg.time_budget_s <= 0:

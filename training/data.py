@@ -63,10 +63,11 @@ def make_eval_loader(dataset: Dataset, batch_size: int, num_workers: int) -> Dat
                       collate_fn=collate_samples)
 
 
-def kind_balancing_weights(kinds: list[str]) -> torch.Tensor:
-    """Per-sample weights 1 / count(kind): every kind gets the same expected share of draws."""
-    counts = Counter(kinds)
-    return torch.tensor([1.0 / counts[k] for k in kinds], dtype=torch.double)
+def kind_balancing_weights(kinds: list[str], shares: Optional[dict[str, float]] = None) -> torch.Tensor:
+    """Per-sample weights share(kind) / count(kind): every kind's expected share of draws is
+    proportional to its `shares` entry (1.0 where absent), equal when `shares` is None."""
+    counts, shares = Counter(kinds), shares or {}
+    return torch.tensor([shares.get(k, 1.0) / counts[k] for k in kinds], dtype=torch.double)
 
 
 class ResumableSampler(DistributedSampler):

@@ -224,7 +224,8 @@ class Trainer:
         self.micro_batch = per_rank_batch(cfg, rt.world_size)
         weights = groups = None
         if cfg.data.balance_kinds:
-            weights = kind_balancing_weights([str(s.get("kind", cfg.data.dataset)) for _, s in self.train_set.samples])
+            weights = kind_balancing_weights([str(s.get("kind", cfg.data.dataset)) for _, s in self.train_set.samples],
+                                             cfg.data.kind_shares)
         if cfg.data.epoch == "ref":
             groups = self.train_set.sentences_by_ref()
         per_image = cfg.data.sentences_per_image
