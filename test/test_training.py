@@ -146,6 +146,8 @@ def test_kind_shares_weight_the_balanced_draw():
     shares = {k: drawn.count(k) / len(drawn) for k in set(kinds)}
     expected = {"attribute": 0.5 / 3.5, "ordinal": 2.0 / 3.5, "absent": 1.0 / 3.5}
     assert all(abs(shares[k] - expected[k]) < 0.06 for k in expected), shares
+    with pytest.raises(ValueError, match="kinds the training sentences do not have: \\['ordnal'\\]"):
+        kind_balancing_weights(kinds, {"ordnal": 2.0})  # a misspelt kind would otherwise change nothing
     with pytest.raises(ValueError, match="kind_shares.*balance_kinds"):
         load_train_config(None, {"data": {"kind_shares": {"ordinal": 2.0}}})
     with pytest.raises(ValueError, match="kind_shares must be > 0"):

@@ -67,6 +67,9 @@ def kind_balancing_weights(kinds: list[str], shares: Optional[dict[str, float]] 
     """Per-sample weights share(kind) / count(kind): every kind's expected share of draws is
     proportional to its `shares` entry (1.0 where absent), equal when `shares` is None."""
     counts, shares = Counter(kinds), shares or {}
+    if unknown := sorted(set(shares) - set(counts)):
+        raise ValueError(f"data.kind_shares names kinds the training sentences do not have: {unknown} "
+                         f"(they have {sorted(counts)})")
     return torch.tensor([shares.get(k, 1.0) / counts[k] for k in kinds], dtype=torch.double)
 
 
