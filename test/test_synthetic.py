@@ -279,6 +279,39 @@ def test_muted_scenes_are_those_of_meres_synth_1_2():
         assert hashlib.sha256(scene.image.tobytes() + scene.depth.tobytes()).hexdigest()[:16] == digest
 
 
+def test_varied_scenes_are_those_of_meres_synth_1_3():
+    # As above for `varied` (commit e392006): stages 11-12 name their varied datasets by seed.
+    before = {1: "7eee174be17b3293", 2: "bb7276d3ba46c765", 3: "f902ec370b77fb48"}
+    for image_id, digest in before.items():
+        scene = render_scene(3, image_id, 96, 128, depth=True, appearance="varied")
+        assert hashlib.sha256(scene.image.tobytes() + scene.depth.tobytes()).hexdigest()[:16] == digest
+
+
+def _paint_colours(scenes) -> list[tuple[str, np.ndarray]]:
+    """(colour name, median RGB of the shape's pixels clear of its edges) for each shape big enough."""
+    out = []
+    for scene in scenes:
+        for shape in scene.shapes:
+            inner = cv2.erode(shape.visible.astype(np.uint8), np.ones((5, 5))) > 0
+            if inner.sum() >= 30:
+                out.append((shape.color, np.median(scene.image[inner].astype(float), axis=0)))
+    return out
+
+
+def test_shaded_appearance_paints_other_shades_that_keep_their_name():
+    from meres_core.data.synthetic.vocabulary import COLORS
+    names, nominal = list(COLORS), np.array(list(COLORS.values()), float)
+    spread = {}
+    for appearance in ("varied", "shaded"):
+        painted = _paint_colours(render_scene(6, i, H, W, depth=False, appearance=appearance) for i in range(1, 41))
+        nearest = [names[int(np.linalg.norm(nominal - rgb, axis=1).argmin())] for _, rgb in painted]
+        # Still nearest its own name's colour (a shade of orange may come near yellow, not cross over much).
+        assert np.mean([n == c for n, (c, _) in zip(nearest, painted)]) >= 0.95, appearance
+        spread[appearance] = np.percentile([np.linalg.norm(rgb - COLORS[c]) for c, rgb in painted], 90)
+    # varied: brightness +-15 and shading only; shaded: darker, lighter and duller shades as well.
+    assert spread["varied"] < 30 < 45 < spread["shaded"], spread
+
+
 def _background_pixels(scene) -> np.ndarray:
     """float (N, 3): the pixels no shape covers, a few pixels clear of them (blur spreads edges)."""
     near_shapes = cv2.dilate(np.any([s.full for s in scene.shapes], axis=0).astype(np.uint8), np.ones((7, 7)))
@@ -315,7 +348,7 @@ def test_varied_appearance_widens_backgrounds_and_sizes_and_keeps_colours_clear(
 
 def test_generate_writes_the_varied_appearance(tmp_path):
     meta = generate(tmp_path, 2, seed=4, height=120, width=160, depth=False, appearance="varied")
-    assert meta["appearance"] == "varied" and meta["version"] == "1.3"
+    assert meta["appearance"] == "varied" and meta["version"] == "1.4"
     written = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / "synth_000002.png")), cv2.COLOR_BGR2RGB)
     assert np.array_equal(render_scene(4, 2, 120, 160, depth=False, appearance="varied").image, written)
     assert not np.array_equal(render_scene(4, 2, 120, 160, depth=False).image, written)

@@ -37,7 +37,7 @@ class SyntheticConfig:
     depth: bool = False  # training reads RGB only
     absent_fraction: float = 0.08  # share of no-target ("absent") sentences
     sentences_per_object: int = 3
-    appearance: Literal["muted", "varied"] = "muted"  # meres_core/data/synthetic/scene.py
+    appearance: Literal["muted", "varied", "shaded"] = "muted"  # meres_core/data/synthetic/scene.py
 
 
 @dataclass

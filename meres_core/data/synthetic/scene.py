@@ -3,11 +3,13 @@
 A scene depends only on (seed, image_id, appearance): `render_scene` rebuilds it.
 
 Appearances: `muted` (meres-synth 1.2's scenes: grey-ish textured backgrounds, shapes of
-circumradius 6-17% of the shorter side) and `varied`, domain randomization of what the
+circumradius 6-17% of the shorter side), `varied`, domain randomization of what the
 sentence does not name: backgrounds of any hue and brightness, plain or hard-striped as well as
 textured, smaller shapes (4-17%), and sometimes no sensor noise; a quarter of its scenes keep the
-muted background. Colours and shapes keep their names' meaning: a background colour always stays
-at least BACKGROUND_CONTRAST (RGB distance) from every colour a shape of the scene is painted in.
+muted background; and `shaded` (1.4): `varied`, with each shape painted in another shade of its
+colour name (darker, lighter, duller, a few degrees of hue), as lighting and cameras shift colours.
+Colours and shapes keep their names' meaning: a background colour always stays at least
+BACKGROUND_CONTRAST (RGB distance) from every colour a shape of the scene is painted in.
 """
 from __future__ import annotations
 
@@ -22,10 +24,17 @@ import numpy as np
 from .vocabulary import CATEGORIES, COLORS
 
 MIN_VISIBLE = 0.35  # every drawn shape keeps at least this fraction visible
-APPEARANCES = ("muted", "varied")
-RADIUS_RANGE = {"muted": (0.06, 0.17), "varied": (0.04, 0.17)}  # circumradius, of the shorter side
+APPEARANCES = ("muted", "varied", "shaded")
+RADIUS_RANGE = {"muted": (0.06, 0.17), "varied": (0.04, 0.17), "shaded": (0.04, 0.17)}  # circumradius / shorter side
 BACKGROUND_CONTRAST = 90.0
 VARIED_MUTED_SHARE = 0.25  # varied scenes that keep the muted background
+# `shaded`: hue shift (of 1), saturation and value factors of a shape's paint against its name's colour.
+# Hue +-6 degrees: orange sits 30 degrees from red and 22 from yellow, so neighbours' shades never meet.
+SHADE_HUE = 6 / 360
+SHADE_SATURATION = (0.75, 1.15)
+# Lightness is the name of white and black; dark yellow and dark orange turn olive and brown.
+SHADE_VALUE = {"white": (0.92, 1.04), "black": (0.3, 2.0), "yellow": (0.85, 1.1), "orange": (0.78, 1.1)}
+SHADE_VALUE_CHROMATIC = (0.65, 1.15)
 
 
 @dataclass
@@ -148,13 +157,12 @@ def _contrasting_color(rng: np.random.Generator, avoid: np.ndarray, blend_with: 
     return None
 
 
-def _varied_background(rng: np.random.Generator, height: int, width: int, shapes: list[Shape]
+def _varied_background(rng: np.random.Generator, height: int, width: int, avoid: np.ndarray
                        ) -> tuple[str, np.ndarray]:
     """A `varied` scene's background: (style, float HxWx3), plain, hard stripes or a texture, in colours
-    clear of the shapes' colours; the muted texture for VARIED_MUTED_SHARE of scenes."""
+    clear of the shapes' colours `avoid` (N, 3); the muted texture for VARIED_MUTED_SHARE of scenes."""
     if rng.random() < VARIED_MUTED_SHARE:
         return "muted", _background(rng, height, width)
-    avoid = np.array([COLORS[s.color] for s in shapes], np.float32)
     style = ("plain", "stripes", "texture")[int(rng.integers(3))]
     first = _contrasting_color(rng, avoid)
     second = None if first is None else _contrasting_color(rng, avoid, first if style == "texture" else None)
@@ -203,11 +211,23 @@ def _place_shapes(rng: np.random.Generator, height: int, width: int,
     return shapes
 
 
-def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: Shape) -> None:
-    """Fill a shape with its jittered colour and a soft linear shading."""
+def _shade(rng: np.random.Generator, color: str) -> np.ndarray:
+    """`shaded`: another RGB shade of the colour name (float (3,)), see SHADE_*."""
+    hue, saturation, value = colorsys.rgb_to_hsv(*(np.asarray(COLORS[color]) / 255.0))
+    hue = (hue + rng.uniform(-SHADE_HUE, SHADE_HUE)) % 1.0
+    saturation = min(saturation * rng.uniform(*SHADE_SATURATION), 1.0)
+    value = min(value * rng.uniform(*SHADE_VALUE.get(color, SHADE_VALUE_CHROMATIC)), 1.0)
+    return np.array(colorsys.hsv_to_rgb(hue, saturation, value), np.float32) * 255
+
+
+def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: Shape, shade: Optional[np.ndarray] = None) -> None:
+    """Fill a shape with its jittered colour (or `shade`, jittered per channel) and a soft linear shading."""
     region, inside = canvas[shape.box], shape.full[shape.box]
-    # Mostly brightness jitter: per-channel jitter would tint white and black shapes.
-    base = np.asarray(COLORS[shape.color], np.float32) + np.float32(rng.uniform(-15, 15)) + rng.uniform(-4, 4, 3)
+    if shade is None:
+        # Mostly brightness jitter: per-channel jitter would tint white and black shapes.
+        base = np.asarray(COLORS[shape.color], np.float32) + np.float32(rng.uniform(-15, 15)) + rng.uniform(-4, 4, 3)
+    else:
+        base = shade + rng.uniform(-4, 4, 3)
     gx, gy = rng.normal(size=2) * rng.uniform(0, 30) / max(inside.shape)
     ys, xs = np.nonzero(inside)
     shade = (xs - xs.mean()) * gx + (ys - ys.mean()) * gy
@@ -235,12 +255,14 @@ def _render(rng: np.random.Generator, height: int, width: int, depth: bool, appe
     if appearance not in APPEARANCES:
         raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
     shapes = _place_shapes(rng, height, width, RADIUS_RANGE[appearance])
+    shades = [_shade(rng, s.color) for s in shapes] if appearance == "shaded" else [None] * len(shapes)
     if appearance == "muted":
         background, canvas = "muted", _background(rng, height, width)
     else:
-        background, canvas = _varied_background(rng, height, width, shapes)
-    for shape in shapes:
-        _paint(rng, canvas, shape)
+        avoid = np.array([COLORS[s.color] if c is None else c for s, c in zip(shapes, shades)], np.float32)
+        background, canvas = _varied_background(rng, height, width, avoid)
+    for shape, shade in zip(shapes, shades):
+        _paint(rng, canvas, shape, shade)
     # Luminance-only sensor noise, slightly blurred as by demosaicing; it halves the PNG size.
     noise = rng.standard_normal((height, width, 1), dtype=np.float32)  # drawn before its level, as in 1.2
     canvas += noise * np.float32(rng.uniform(2, 8) if appearance == "muted" else rng.uniform(0, 8))
