@@ -1,0 +1,48 @@
+"""training.diagnose: each answer's outcome against hand-made masks, and a run on held-out scenes."""
+import json
+import pickle
+
+import numpy as np
+
+from training import diagnose
+from training.diagnose import OUTCOMES, outcome
+
+
+def _box(y0, y1, x0, x1):
+    mask = np.zeros((40, 60), bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_outcome_names_what_the_grasp_point_landed_on():
+    target = {"id": 1, "category_id": 1, "color": "red"}
+    annotations = [target, {"id": 2, "category_id": 1, "color": "blue"}, {"id": 3, "category_id": 2, "color": "red"},
+                   {"id": 4, "category_id": 3, "color": "green"}]
+    masks = {1: _box(0, 10, 0, 10), 2: _box(0, 10, 20, 30), 3: _box(20, 30, 0, 10), 4: _box(20, 30, 20, 30)}
+    assert outcome(True, (5.0, 5.0), target, annotations, masks) == "on target"
+    assert outcome(True, (25.0, 5.0), target, annotations, masks) == "same shape"
+    assert outcome(True, (5.0, 25.0), target, annotations, masks) == "same colour"
+    assert outcome(True, (25.0, 25.0), target, annotations, masks) == "other object"
+    assert outcome(True, (50.0, 35.0), target, annotations, masks) == "background"
+    assert outcome(False, None, target, annotations, masks) == "not found"
+    assert outcome(False, None, None, annotations, masks) == "rejected"
+    assert outcome(True, (5.0, 5.0), None, annotations, masks) == "found absent"
+
+
+def test_diagnose_answers_every_sentence_and_its_rates_match_its_outcomes(heldout, tmp_path):
+    refs = pickle.load(open(heldout / "synth" / "refs(synth).p", "rb"))
+    summary = diagnose.main(["--checkpoint", "demo", "--data-root", str(heldout), "--split", "all",
+                             "--out", str(tmp_path / "diag.json")])
+    written = json.loads((tmp_path / "diag.json").read_text())
+    rows = written["sentences"]
+    assert len(rows) == sum(len(r["sentences"]) for r in refs)
+    assert {row["outcome"] for row in rows} <= set(OUTCOMES)
+    assert all((row["kind"] == "absent") == (row["outcome"] in ("rejected", "found absent")) for row in rows)
+    for kind, counts in summary["outcomes"].items():
+        assert sum(counts.values()) == sum(row["kind"] == kind for row in rows)
+        if kind == "absent":
+            continue
+        by_category = summary["category"][kind].values()
+        assert sum(g["n"] for g in by_category) == sum(counts.values())
+        assert round(sum(g["on_target"] * g["n"] for g in by_category)) == counts.get("on target", 0)
+    assert written["summary"] == summary
