@@ -132,3 +132,62 @@ def test_candidate_loss_supervises_the_decoders_mask_before_the_priors(tiny_cfg,
     losses["candidates"].backward()
     assert model.decoder.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None or not p.grad.any() for p in model.candidate_rank.parameters())
+
+
+
+def _side_and_ordinal_scenes(n: int, generator: torch.Generator):
+    """n frozen masks of 3-6 equal blobs at random columns and rows, the named blob, and the sentences'
+    tokens: a side word (left / right) and an ordinal word (first .. fourth) as one-hot features."""
+    logits = torch.full((n, 1, 12, 30), -6.0)
+    target = torch.zeros(n, 1, 12, 30)
+    text = torch.zeros(n, 2, 2 + MAX_RANK)
+    for i in range(n):
+        count = 3 + int(torch.randint(4, (1,), generator=generator))
+        columns = (torch.randperm(9, generator=generator)[:count] * 3 + 1).sort().values
+        rows = torch.randint(0, 10, (count,), generator=generator)
+        for column, row in zip(columns.tolist(), rows.tolist()):
+            logits[i, 0, row:row + 2, column:column + 2] = 4.0
+        side = int(torch.randint(2, (1,), generator=generator))
+        ordinal = int(torch.randint(min(MAX_RANK, count), (1,), generator=generator))
+        pick = ordinal if side == 0 else count - 1 - ordinal
+        target[i, 0, rows[pick]:rows[pick] + 2, columns[pick]:columns[pick] + 2] = 1.0
+        text[i, 0, side], text[i, 1, 2 + ordinal] = 1.0, 1.0
+    return logits, target, text
+
+
+def _picks_the_named_blob(prior: CandidateRankPrior) -> float:
+    """Train `prior` alone on frozen blobs; the share of new scenes whose most probable pixel is on the named blob."""
+    generator = torch.Generator().manual_seed(0)
+    valid = torch.ones(1, 2, dtype=torch.bool)
+    torch.manual_seed(0)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=0.02)
+    for _ in range(500):
+        logits, target, text = _side_and_ordinal_scenes(32, generator)
+        out = logits + prior(logits, text, valid.expand(32, -1))
+        loss = F.binary_cross_entropy_with_logits(out, target, pos_weight=torch.tensor(20.0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    logits, target, text = _side_and_ordinal_scenes(300, generator)
+    with torch.no_grad():
+        out = logits + prior(logits, text, valid.expand(300, -1))
+    best = torch.where(logits > 0, out, torch.full_like(out, -1e9)).flatten(1).argmax(1)
+    return target.flatten(1).gather(1, best[:, None]).mean().item()
+
+
+def test_the_hidden_layer_makes_side_and_ordinal_count_together():
+    # Mean-pooled word features: linear weights add what "second" says to every side's rank 1 and what
+    # "right" says to the right side's ranks; with 3-6 candidates that does not single out the named one.
+    linear = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK))
+    hidden = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, hidden=32))
+    assert hidden > 0.95 and linear < 0.85, (linear, hidden)
+
+def test_hidden_layer_needs_the_prior_and_starts_as_the_linear_prior(warm_started):
+    with pytest.raises(ValueError, match="candidate_rank_hidden"):
+        load_config("tiny", overrides={"model": {"candidate_rank_hidden": 16}})
+    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_hidden": 16}})
+    old, new, inputs = warm_started(cfg, ["the second circle from the left", "the third square from the top"])
+    assert not (new.candidate_rank.interaction[0].weight == 0).all()
+    assert all((p == 0).all() for p in new.candidate_rank.interaction[-1].parameters())
+    with torch.no_grad():
+        assert torch.allclose(new(*inputs).logits, old(*inputs).logits, atol=1e-5)

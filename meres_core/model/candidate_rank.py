@@ -10,7 +10,8 @@ left / right / top / bottom, as the datasets order targets), and
 
     logit += sum_{side, k < MAX_RANK} w_{side,k} [the pixel's component is k-th from side]
 
-with the 4 x MAX_RANK weights a linear function of the mean-pooled sentence features. The
+with the 4 x MAX_RANK weights a linear function of the mean-pooled sentence features (plus, with
+`hidden` > 0, an MLP of them: see CandidateRankPrior). The
 ranks are not differentiated (as the position prior's centroid): they say which candidate is
 which; the weights learn which one the sentence names. Zero-initialized, so a warm-started
 model starts unchanged. Components are found by propagating the largest pixel index through
@@ -110,11 +111,23 @@ def side_ranks(own_centre: torch.Tensor, own_valid: torch.Tensor, centres: torch
 
 
 class CandidateRankPrior(nn.Module):
-    def __init__(self, text_dim: int):
+    """`hidden` > 0 (ModelConfig.candidate_rank_hidden): w = linear(s) + MLP(s) of the pooled sentence s.
+    A linear map of a mean pool adds what each word says: "second" raises rank 1 from every side and
+    "right" the right side's ranks, so "the second from the right" scores the second from the left
+    about as high (stage 12's learned weights do exactly this). The MLP can make the side and the
+    ordinal count together; its output layer starts at zero, so a warm start keeps the function."""
+
+    def __init__(self, text_dim: int, hidden: int = 0):
         super().__init__()
         self.proj = nn.Linear(text_dim, len(SIDES) * MAX_RANK)  # w_{side, k}
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.interaction = None
+        if hidden:
+            self.interaction = nn.Sequential(nn.Linear(text_dim, hidden), nn.GELU(),
+                                             nn.Linear(hidden, len(SIDES) * MAX_RANK))
+            nn.init.zeros_(self.interaction[-1].weight)
+            nn.init.zeros_(self.interaction[-1].bias)
 
     def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                 centre_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -122,7 +135,11 @@ class CandidateRankPrior(nn.Module):
         (B, 1, h, w) of the centre head, None: components are the candidates -> the prior (B, 1, h, w),
         to be added to the logits."""
         b, _, h, w = candidates.shape
-        weights = (SCALE * self.proj(sentence_mean(text, text_valid))).float().view(b, len(SIDES), MAX_RANK)
+        sentence = sentence_mean(text, text_valid)  # (B, D_t)
+        weights = self.proj(sentence)
+        if self.interaction is not None:
+            weights = weights + self.interaction(sentence)
+        weights = (SCALE * weights).float().view(b, len(SIDES), MAX_RANK)
         ranks = (candidate_ranks(candidates) if centre_logits is None
                  else centre_candidate_ranks(candidates, centre_logits))  # (B, 4, h, w)
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
