@@ -4,6 +4,7 @@ import json
 import numpy as np
 
 from training import word_probe
+from training.scenes import load_scenes
 from training.word_probe import PairScores, SceneObject, scene_pairs
 
 
@@ -35,7 +36,7 @@ def test_scores_tell_a_model_that_reads_the_word_from_one_that_does_not():
 
 
 def test_probe_runs_on_held_out_scenes_and_writes_json(heldout, tmp_path):
-    scenes, names = word_probe.load_scenes(heldout, None)
+    scenes, names = load_scenes(heldout, None)
     assert len(scenes) == 6
     expected = sum(len(scene_pairs(word_probe.scene_objects(anns, names))) for _, anns in scenes)
     assert expected > 0

@@ -26,7 +26,7 @@ from meres_core.data.refer import decode_segmentation, load_refs
 from meres_core.inference import Segmenter
 from meres_core.metrics import centroid_on_target
 
-from .word_probe import load_scenes
+from .scenes import load_scenes, scene_arguments
 
 OUTCOMES = ("on target", "not found", "same shape", "same colour", "other object", "background",
             "rejected", "found absent")
@@ -110,12 +110,7 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file, or 'demo'")
-    parser.add_argument("--data-root", required=True, type=Path, help="a synthetic REFER dataset (meres-synth, heldout_scenes)")
-    parser.add_argument("--split", default="test", help="'all' for every image")
-    parser.add_argument("--images", type=int, help="first N images of the split")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser = scene_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--out", type=Path, help="write the summary and every sentence's row as JSON here")
     args = parser.parse_args(argv)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, precision=args.precision)

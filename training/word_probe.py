@@ -26,9 +26,11 @@ from typing import Optional
 import cv2
 import numpy as np
 
-from meres_core.data.refer import decode_segmentation, load_refs
+from meres_core.data.refer import decode_segmentation
 from meres_core.inference import Segmenter
 from meres_core.metrics import centroid_on_target, mask_iou
+
+from .scenes import load_scenes, scene_arguments
 
 PAIR_KINDS = ("left/right", "bigger/smaller", "colour", "shape")
 AREA_RATIO = 1.5  # "bigger" needs an unambiguous answer
@@ -107,20 +109,6 @@ def scene_objects(annotations: list[dict], category_names: dict[int, str]) -> li
                         a["area"]) for a in annotations]
 
 
-def load_scenes(root: Path, split: Optional[str]) -> tuple[list[tuple[dict, list[dict]]], dict[int, str]]:
-    """(image info, its annotations) of the images of `split` (all images when None), and the category names."""
-    instances = json.loads((root / "synth" / "instances.json").read_text())
-    image_ids = None
-    if split is not None:
-        image_ids = {r["image_id"] for r in load_refs(root / "synth" / "refs(synth).p") if r["split"] == split}
-    annotations = defaultdict(list)
-    for a in instances["annotations"]:
-        annotations[a["image_id"]].append(a)
-    names = {c["id"]: c["name"] for c in instances["categories"]}
-    scenes = [(im, annotations[im["id"]]) for im in instances["images"] if image_ids is None or im["id"] in image_ids]
-    return scenes, names
-
-
 def probe(segmenter: Segmenter, root: Path, split: Optional[str] = "test", images: Optional[int] = None) -> dict:
     scores = PairScores()
     scenes, names = load_scenes(root, split)
@@ -141,12 +129,7 @@ def probe(segmenter: Segmenter, root: Path, split: Optional[str] = "test", image
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file, or 'demo'")
-    parser.add_argument("--data-root", required=True, type=Path, help="a synthetic REFER dataset (meres-synth, heldout_scenes)")
-    parser.add_argument("--split", default="test", help="'all' for every image")
-    parser.add_argument("--images", type=int, help="first N images of the split")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser = scene_arguments(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
     parser.add_argument("--out", type=Path, help="write the summary as JSON here")
     args = parser.parse_args(argv)
     segmenter = Segmenter.from_checkpoint(args.checkpoint, precision=args.precision)
