@@ -134,7 +134,6 @@ def test_candidate_loss_supervises_the_decoders_mask_before_the_priors(tiny_cfg,
     assert all(p.grad is None or not p.grad.any() for p in model.candidate_rank.parameters())
 
 
-
 def _side_and_ordinal_scenes(n: int, generator: torch.Generator):
     """n frozen masks of 3-6 equal blobs at random columns and rows, the named blob, and the sentences'
     tokens: a side word (left / right) and an ordinal word (first .. fourth) as one-hot features."""
@@ -181,6 +180,7 @@ def test_the_hidden_layer_makes_side_and_ordinal_count_together():
     linear = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK))
     hidden = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, hidden=32))
     assert hidden > 0.95 and linear < 0.85, (linear, hidden)
+
 
 def test_hidden_layer_needs_the_prior_and_starts_as_the_linear_prior(warm_started):
     with pytest.raises(ValueError, match="candidate_rank_hidden"):

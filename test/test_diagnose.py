@@ -1,9 +1,9 @@
 """training.diagnose: each answer's outcome against hand-made masks, and a run on held-out scenes."""
 import json
-import pickle
 
 import numpy as np
 
+from meres_core.data.refer import load_refs
 from training import diagnose
 from training.diagnose import OUTCOMES, outcome
 
@@ -30,7 +30,7 @@ def test_outcome_names_what_the_grasp_point_landed_on():
 
 
 def test_diagnose_answers_every_sentence_and_its_rates_match_its_outcomes(heldout, tmp_path):
-    refs = pickle.load(open(heldout / "synth" / "refs(synth).p", "rb"))
+    refs = load_refs(heldout / "synth" / "refs(synth).p")
     summary = diagnose.main(["--checkpoint", "demo", "--data-root", str(heldout), "--split", "all",
                              "--out", str(tmp_path / "diag.json")])
     written = json.loads((tmp_path / "diag.json").read_text())

@@ -230,8 +230,8 @@ def _paint(rng: np.random.Generator, canvas: np.ndarray, shape: Shape, shade: Op
         base = shade + rng.uniform(-4, 4, 3)
     gx, gy = rng.normal(size=2) * rng.uniform(0, 30) / max(inside.shape)
     ys, xs = np.nonzero(inside)
-    shade = (xs - xs.mean()) * gx + (ys - ys.mean()) * gy
-    region[ys, xs] = base + shade[:, None].astype(np.float32)
+    gradient = (xs - xs.mean()) * gx + (ys - ys.mean()) * gy
+    region[ys, xs] = base + gradient[:, None].astype(np.float32)
 
 
 def _depth(rng: np.random.Generator, shapes: list[Shape], height: int, width: int) -> np.ndarray:
