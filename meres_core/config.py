@@ -110,6 +110,9 @@ class ModelConfig:
     # With the rank prior: > 0 adds an MLP of this width to the linear map from the pooled sentence to the
     # (side, rank) weights, so side and ordinal can count together (CandidateRankPrior). 0: linear only.
     candidate_rank_hidden: int = 0
+    # With the rank prior: also a side distribution times an ordinal distribution of the pooled sentence,
+    # scaled by a per-sentence gain: the candidate that is the named ordinal from the named side (RankPick).
+    candidate_rank_factored: bool = False
     # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
     # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other
     # sentences), so the prior has the candidates to count (model/meres.py compute_loss). 0: off.
@@ -175,6 +178,8 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.centre_weight must be >= 0")
     if m.candidate_rank_hidden < 0 or (m.candidate_rank_hidden and not m.candidate_rank_prior):
         raise ValueError("model.candidate_rank_hidden must be >= 0 and needs model.candidate_rank_prior")
+    if m.candidate_rank_factored and not m.candidate_rank_prior:
+        raise ValueError("model.candidate_rank_factored needs model.candidate_rank_prior")
     return cfg
 
 

@@ -182,6 +182,22 @@ def test_the_hidden_layer_makes_side_and_ordinal_count_together():
     assert hidden > 0.95 and linear < 0.85, (linear, hidden)
 
 
+def test_the_factored_pick_names_one_side_and_one_ordinal():
+    # p(side) x p(ordinal): each factor is one word's, their product the one candidate both name.
+    factored = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, factored=True))
+    assert factored > 0.95, factored
+
+
+def test_factored_pick_needs_the_prior_and_starts_as_the_old_model(warm_started):
+    with pytest.raises(ValueError, match="candidate_rank_factored needs"):
+        load_config("tiny", overrides={"model": {"candidate_rank_factored": True}})
+    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_factored": True}})
+    old, new, inputs = warm_started(cfg, ["the second circle from the left", "the third square from the top"])
+    assert all((p == 0).all() for p in new.candidate_rank.pick.parameters())
+    with torch.no_grad():
+        assert torch.allclose(new(*inputs).logits, old(*inputs).logits, atol=1e-5)
+
+
 def test_hidden_layer_needs_the_prior_and_starts_as_the_linear_prior(warm_started):
     with pytest.raises(ValueError, match="candidate_rank_hidden"):
         load_config("tiny", overrides={"model": {"candidate_rank_hidden": 16}})

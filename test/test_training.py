@@ -5,6 +5,7 @@ The data is one synthetic scene (14 sentences, no absent ones) at 96x128: the `t
 preset (random text encoder too) memorizes it within ~150 steps, so "learns" is checked
 with wide margins, and all runs are deterministic on CPU with one thread.
 """
+import itertools
 import json
 import os
 import pickle
@@ -239,6 +240,22 @@ def test_a_training_step_trains_the_centre_head_on_the_ranked_centres(tmp_path, 
     before = trainer.model.centre_head.net[0].weight.detach().clone()
     losses = trainer.train_step([batch])
     assert losses["centres"] > 0 and not torch.equal(trainer.model.centre_head.net[0].weight, before)
+
+
+def test_train_only_trains_the_listed_parameters_and_nothing_else(tmp_path, scene_root):
+    config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=4, eval={"overlays": 0},
+                          model={"candidate_rank_prior": True, "candidate_rank_factored": True},
+                          optim={"train_only": ["candidate_rank."]})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    trainer.sampler.set_epoch(0)
+    for batch in itertools.islice(iter(trainer.loader), 3):
+        trainer.train_step([batch])
+    changed = {name for name, p in trainer.model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all(name.startswith("candidate_rank.") for name in changed), changed
+    assert "candidate_rank.pick.gain.weight" in changed
+    with pytest.raises(ValueError, match="no parameter starts with"):
+        train.freeze_all_but(trainer.model, ["candidate_rnak."])
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml")),

@@ -90,6 +90,9 @@ class OptimConfig:
     poly_power: float = 0.9  # lr = base * (1 - step / total) ** power
     warmup_steps: int = 0  # linear warmup, useful when training from scratch
     clip_grad_norm: Optional[float] = None  # max global L2 norm; None: no clipping
+    # Parameter-name prefixes that train; every other parameter is frozen (None: all train). Fits a new
+    # head on a trained model's fixed outputs at the cost of a forward pass, e.g. [candidate_rank.].
+    train_only: Optional[list[str]] = None
 
 
 @dataclass

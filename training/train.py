@@ -145,6 +145,17 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
             for (part, decay), params in sorted(groups.items())]
 
 
+def freeze_all_but(model: nn.Module, prefixes: list[str]) -> None:
+    """optim.train_only: only parameters whose names start with one of `prefixes` keep training
+    (autograd then records nothing upstream of them, so a step costs about one forward pass)."""
+    names = [name for name, _ in model.named_parameters()]
+    unknown = [prefix for prefix in prefixes if not any(name.startswith(prefix) for name in names)]
+    if unknown:
+        raise ValueError(f"optim.train_only: no parameter starts with {unknown}")
+    for name, param in model.named_parameters():
+        param.requires_grad_(param.requires_grad and name.startswith(tuple(prefixes)))
+
+
 def lr_factor(step: int, total: int, warmup: int, power: float) -> float:
     """Linear warmup, then LAVT's polynomial decay (1 - step / total) ** power."""
     if step < warmup:
@@ -256,6 +267,8 @@ class Trainer:
         self.model = MERES(self.model_cfg.model, pretrained_required=True).to(rt.device)
         if cfg.init_from:
             warm_start(self.model, cfg.init_from)
+        if cfg.optim.train_only:
+            freeze_all_but(self.model, cfg.optim.train_only)
         loss_model = LossModel(self.model)
         self.ddp = (DistributedDataParallel(loss_model, find_unused_parameters=cfg.find_unused_parameters)
                     if rt.distributed else loss_model)

@@ -11,7 +11,8 @@ left / right / top / bottom, as the datasets order targets), and
     logit += sum_{side, k < MAX_RANK} w_{side,k} [the pixel's component is k-th from side]
 
 with the 4 x MAX_RANK weights a linear function of the mean-pooled sentence features (plus, with
-`hidden` > 0, an MLP of them: see CandidateRankPrior). The
+`hidden` > 0, an MLP of them: see CandidateRankPrior; with `factored`, one side times one ordinal:
+see RankPick). The
 ranks are not differentiated (as the position prior's centroid): they say which candidate is
 which; the weights learn which one the sentence names. Zero-initialized, so a warm-started
 model starts unchanged. Components are found by propagating the largest pixel index through
@@ -110,6 +111,38 @@ def side_ranks(own_centre: torch.Tensor, own_valid: torch.Tensor, centres: torch
     return torch.where(own_valid[:, None], ranks, torch.full_like(ranks, -1))
 
 
+class RankPick(nn.Module):
+    """`ModelConfig.candidate_rank_factored`: "the second circle from the left" names one side and one
+    ordinal, so the sentence gives a distribution over each, and the named candidate is the one whose
+    rank from the named side is the named ordinal:
+
+        match = sum_side p(side | s) p(k = rank_side | s)          in [0, 1] per candidate
+        logit += g(s) (2 match - 1)                                 on candidates, 0 elsewhere
+
+    Each factor is what one word says, which a linear map of the mean-pooled sentence can read;
+    their product is what the additive weights cannot express (stage 13's "the second circle from
+    the left" put 9.0 on the first from the left and 6.2 on the second). The gain g(s) lets
+    sentences without an ordinal leave the candidates alone. g starts at zero: a warm start keeps
+    the function."""
+
+    def __init__(self, text_dim: int):
+        super().__init__()
+        self.side = nn.Linear(text_dim, len(SIDES))  # p(side | s)
+        self.ordinal = nn.Linear(text_dim, MAX_RANK)  # p(k | s)
+        self.gain = nn.Linear(text_dim, 1)  # g(s)
+        for layer in (self.side, self.ordinal, self.gain):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, on_candidate: torch.Tensor) -> torch.Tensor:
+        """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; on_candidate (B, h, w) -> (B, h, w)."""
+        p_side = torch.softmax(SCALE * self.side(sentence).float(), -1)  # (B, 4)
+        p_ordinal = torch.softmax(SCALE * self.ordinal(sentence).float(), -1)  # (B, MAX_RANK)
+        match = torch.einsum("bs,bk,bskhw->bhw", p_side, p_ordinal, onehot)  # (B, h, w)
+        gain = SCALE * self.gain(sentence).float()[:, :, None]  # (B, 1, 1)
+        return gain * (2.0 * match - 1.0) * on_candidate
+
+
 class CandidateRankPrior(nn.Module):
     """`hidden` > 0 (ModelConfig.candidate_rank_hidden): w = linear(s) + MLP(s) of the pooled sentence s.
     A linear map of a mean pool adds what each word says: "second" raises rank 1 from every side and
@@ -117,7 +150,7 @@ class CandidateRankPrior(nn.Module):
     about as high (stage 12's learned weights do exactly this). The MLP can make the side and the
     ordinal count together; its output layer starts at zero, so a warm start keeps the function."""
 
-    def __init__(self, text_dim: int, hidden: int = 0):
+    def __init__(self, text_dim: int, hidden: int = 0, factored: bool = False):
         super().__init__()
         self.proj = nn.Linear(text_dim, len(SIDES) * MAX_RANK)  # w_{side, k}
         nn.init.zeros_(self.proj.weight)
@@ -128,6 +161,7 @@ class CandidateRankPrior(nn.Module):
                                              nn.Linear(hidden, len(SIDES) * MAX_RANK))
             nn.init.zeros_(self.interaction[-1].weight)
             nn.init.zeros_(self.interaction[-1].bias)
+        self.pick = RankPick(text_dim) if factored else None
 
     def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                 centre_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -144,4 +178,6 @@ class CandidateRankPrior(nn.Module):
                  else centre_candidate_ranks(candidates, centre_logits))  # (B, 4, h, w)
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
         prior = torch.einsum("bsk,bskhw->bhw", weights, onehot)  # (B, h, w)
+        if self.pick is not None:
+            prior = prior + self.pick(sentence, onehot, (ranks[:, 0] >= 0).float())
         return prior[:, None].to(candidates.dtype)
