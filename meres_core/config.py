@@ -110,9 +110,12 @@ class ModelConfig:
     # With the rank prior: > 0 adds an MLP of this width to the linear map from the pooled sentence to the
     # (side, rank) weights, so side and ordinal can count together (CandidateRankPrior). 0: linear only.
     candidate_rank_hidden: int = 0
-    # With the rank prior: also a side distribution times an ordinal distribution of the pooled sentence,
-    # scaled by a per-sentence gain: the candidate that is the named ordinal from the named side (RankPick).
+    # With the rank prior: also a distribution over (side, ordinal) pairs of the pooled sentence, scaled by a
+    # per-sentence gain: the candidate that is the named ordinal from the named side (RankPick).
     candidate_rank_factored: bool = False
+    # With candidate_rank_factored: weight of the target's -log likelihood under the (side, ordinal) pairs,
+    # from the ground-truth centroids of what the qualifier ranks (candidate_rank.pair_loss). 0: off.
+    candidate_pick_weight: float = 0.0
     # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
     # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other
     # sentences), so the prior has the candidates to count (model/meres.py compute_loss). 0: off.
@@ -180,6 +183,8 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.candidate_rank_hidden must be >= 0 and needs model.candidate_rank_prior")
     if m.candidate_rank_factored and not m.candidate_rank_prior:
         raise ValueError("model.candidate_rank_factored needs model.candidate_rank_prior")
+    if m.candidate_pick_weight < 0 or (m.candidate_pick_weight and not m.candidate_rank_factored):
+        raise ValueError("model.candidate_pick_weight must be >= 0 and needs model.candidate_rank_factored")
     return cfg
 
 

@@ -7,7 +7,7 @@ from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.losses import upsample_logits
 from meres_core.model.meres import MERES
-from meres_core.model.candidate_rank import MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks
+from meres_core.model.candidate_rank import MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks, pair_loss
 from meres_core.model.position_prior import SentencePositionPrior
 
 
@@ -183,14 +183,31 @@ def test_the_hidden_layer_makes_side_and_ordinal_count_together():
 
 
 def test_the_factored_pick_names_one_side_and_one_ordinal():
-    # p(side) x p(ordinal): each factor is one word's, their product the one candidate both name.
+    # p(side, ordinal): the one pair that "second" and "left" name together.
     factored = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, factored=True))
     assert factored > 0.95, factored
+
+
+def test_pair_loss_is_the_targets_likelihood_under_the_named_pair():
+    # Three objects in a row, the target in the middle: second from the left and from the right.
+    masks = torch.zeros(2, 20, 30)
+    masks[0, 8:12, 13:17] = 1.0  # centroid (0, 0)
+    centres = torch.full((2, 8, 2), float("nan"))
+    centres[0, :3] = torch.tensor([[-0.6, 0.5], [0.01, 0.0], [0.6, -0.5]])
+    centres[1, :1] = torch.tensor([[0.0, 0.0]])  # a lone object: no ranking to learn, left out
+    def loss_for(side: str, k: int) -> float:
+        logits = torch.full((2, len(SIDES) * MAX_RANK), -20.0)
+        logits[:, SIDES.index(side) * MAX_RANK + k] = 20.0
+        return pair_loss(logits, masks, centres).item()
+    assert loss_for("left", 1) < 1e-3 and loss_for("right", 1) < 1e-3 and loss_for("bottom", 1) < 1e-3
+    assert loss_for("left", 0) > 10 and loss_for("top", 2) > 10
 
 
 def test_factored_pick_needs_the_prior_and_starts_as_the_old_model(warm_started):
     with pytest.raises(ValueError, match="candidate_rank_factored needs"):
         load_config("tiny", overrides={"model": {"candidate_rank_factored": True}})
+    with pytest.raises(ValueError, match="candidate_pick_weight"):
+        load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_pick_weight": 1.0}})
     cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_factored": True}})
     old, new, inputs = warm_started(cfg, ["the second circle from the left", "the third square from the top"])
     assert all((p == 0).all() for p in new.candidate_rank.pick.parameters())

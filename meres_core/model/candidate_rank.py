@@ -11,8 +11,8 @@ left / right / top / bottom, as the datasets order targets), and
     logit += sum_{side, k < MAX_RANK} w_{side,k} [the pixel's component is k-th from side]
 
 with the 4 x MAX_RANK weights a linear function of the mean-pooled sentence features (plus, with
-`hidden` > 0, an MLP of them: see CandidateRankPrior; with `factored`, one side times one ordinal:
-see RankPick). The
+`hidden` > 0, an MLP of them: see CandidateRankPrior; with `factored`, a distribution over (side,
+ordinal) pairs: see RankPick). The
 ranks are not differentiated (as the position prior's centroid): they say which candidate is
 which; the weights learn which one the sentence names. Zero-initialized, so a warm-started
 model starts unchanged. Components are found by propagating the largest pixel index through
@@ -112,33 +112,40 @@ def side_ranks(own_centre: torch.Tensor, own_valid: torch.Tensor, centres: torch
 
 
 class RankPick(nn.Module):
-    """`ModelConfig.candidate_rank_factored`: "the second circle from the left" names one side and one
-    ordinal, so the sentence gives a distribution over each, and the named candidate is the one whose
-    rank from the named side is the named ordinal:
+    """`ModelConfig.candidate_rank_factored`: "the second circle from the left" names one (side, ordinal)
+    pair, so the sentence gives a distribution over the 4 x MAX_RANK pairs, and a candidate matches
+    by the pairs it is:
 
-        match = sum_side p(side | s) p(k = rank_side | s)          in [0, 1] per candidate
-        logit += g(s) (2 match - 1)                                 on candidates, 0 elsewhere
+        match = sum_{side, k} p(side, k | s) [the candidate is k-th from side]   in [0, 1]
+        logit += g(s) (2 match - 1)                                             on candidates, 0 elsewhere
 
-    Each factor is what one word says, which a linear map of the mean-pooled sentence can read;
-    their product is what the additive weights cannot express (stage 13's "the second circle from
-    the left" put 9.0 on the first from the left and 6.2 on the second). The gain g(s) lets
-    sentences without an ordinal leave the candidates alone. g starts at zero: a warm start keeps
-    the function."""
+    A softmax of a linear map of the mean-pooled sentence can put its mass on (left, 1) for "second"
+    plus "left", which the additive weights cannot: they add what each word says to every candidate
+    that is second from anywhere or anything from the left (stage 13's "the second circle from the
+    left" put 9.0 on the first from the left and 6.2 on the second). A product p(side) p(k) of two
+    softmaxes was tried first: each factor's gradient waits on the other's, and both settled on the
+    data's commonest ranks for every sentence within 250 steps. The gain g(s) lets sentences without
+    an ordinal leave the candidates alone; it starts at zero, so a warm start keeps the function. A
+    lone candidate is first from every side whatever the sentence says, so it is left alone.
+
+    With `ModelConfig.candidate_pick_weight` the pair distribution is also fitted to the ground truth
+    (pair_loss): through the mask loss alone its gradient is weak and ambiguous (stage 14's second
+    start went the same way as the first)."""
 
     def __init__(self, text_dim: int):
         super().__init__()
-        self.side = nn.Linear(text_dim, len(SIDES))  # p(side | s)
-        self.ordinal = nn.Linear(text_dim, MAX_RANK)  # p(k | s)
+        self.pair = nn.Linear(text_dim, len(SIDES) * MAX_RANK)  # p(side, k | s)
         self.gain = nn.Linear(text_dim, 1)  # g(s)
-        for layer in (self.side, self.ordinal, self.gain):
+        for layer in (self.pair, self.gain):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, on_candidate: torch.Tensor) -> torch.Tensor:
-        """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; on_candidate (B, h, w) -> (B, h, w)."""
-        p_side = torch.softmax(SCALE * self.side(sentence).float(), -1)  # (B, 4)
-        p_ordinal = torch.softmax(SCALE * self.ordinal(sentence).float(), -1)  # (B, MAX_RANK)
-        match = torch.einsum("bs,bk,bskhw->bhw", p_side, p_ordinal, onehot)  # (B, h, w)
+    def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; ranks (B, 4, h, w) -> (B, h, w)."""
+        several = ranks[:, 0].flatten(1).amax(1) >= 1  # (B,): a candidate second from the left exists
+        on_candidate = ((ranks[:, 0] >= 0) & several[:, None, None]).float()  # (B, h, w)
+        p_pair = torch.softmax(self.pair(sentence).float(), -1).view(-1, len(SIDES), MAX_RANK)  # p(side, k | s)
+        match = torch.einsum("bsk,bskhw->bhw", p_pair, onehot)  # (B, h, w)
         gain = SCALE * self.gain(sentence).float()[:, :, None]  # (B, 1, 1)
         return gain * (2.0 * match - 1.0) * on_candidate
 
@@ -179,5 +186,34 @@ class CandidateRankPrior(nn.Module):
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
         prior = torch.einsum("bsk,bskhw->bhw", weights, onehot)  # (B, h, w)
         if self.pick is not None:
-            prior = prior + self.pick(sentence, onehot, (ranks[:, 0] >= 0).float())
+            prior = prior + self.pick(sentence, onehot, ranks)
         return prior[:, None].to(candidates.dtype)
+
+
+def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
+    """-log sum_side p(side, the target's rank from side | s), the target's likelihood under RankPick's
+    pair distribution, over sentences whose qualifier ranks two or more objects.
+
+    pair_logits (B, 4 * MAX_RANK); masks (B, H, W) the targets; ranked_centres (B, M, 2) the centroids
+    (x, y in [-1, 1], NaN rows for none) of what the qualifier ranks, the target among them."""
+    b, h, w = masks.shape
+    m = masks.float()
+    area = m.flatten(1).sum(1)  # (B,)
+    xs, ys = cell_centres(w, m), cell_centres(h, m)
+    target = torch.stack([(m.sum(1) * xs).sum(1), (m.sum(2) * ys).sum(1)], -1) / area.clamp_min(1)[:, None]  # (B, 2)
+    valid = ~torch.isnan(ranked_centres[..., 0])  # (B, M)
+    centres = torch.nan_to_num(ranked_centres.float())
+    # The target is the nearest entry (its centroid here differs by the resize only); the others rank it.
+    distance = ((target[:, None] - centres) ** 2).sum(-1).masked_fill(~valid, float("inf"))  # (B, M)
+    others = valid & (torch.arange(valid.shape[1], device=valid.device) != distance.argmin(1, keepdim=True))
+    before = target[:, None] - centres  # (B, M, 2): > 0 where the entry lies left / above
+    ranks = torch.stack([((before[..., 0] > 0) & others).sum(-1), ((before[..., 0] < 0) & others).sum(-1),
+                         ((before[..., 1] > 0) & others).sum(-1), ((before[..., 1] < 0) & others).sum(-1)],
+                        1)  # (B, 4): from the left, right, top, bottom
+    onehot = (ranks[..., None] == torch.arange(MAX_RANK, device=ranks.device)).float()  # (B, 4, MAX_RANK)
+    p = torch.softmax(pair_logits.float(), -1).view(b, len(SIDES), MAX_RANK)
+    likelihood = (p * onehot).sum((1, 2))  # (B,)
+    use = (valid.sum(1) >= 2) & (area > 0) & (onehot.sum((1, 2)) > 0)
+    if not use.any():
+        return pair_logits.sum() * 0.0
+    return -torch.log(likelihood[use].clamp_min(1e-6)).mean()

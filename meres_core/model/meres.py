@@ -17,7 +17,8 @@ from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
-from .candidate_rank import CandidateRankPrior
+from .candidate_rank import CandidateRankPrior, pair_loss
+from .encoders import sentence_mean
 from .instance_centres import CentreHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
 
@@ -31,6 +32,7 @@ class MeresOutput:
     target_logit: Optional[torch.Tensor] = None  # t (B,) of the no-target head, when configured
     candidate_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the decoder's, before the priors
     centre_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the candidates' centres, when configured
+    rank_pair_logits: Optional[torch.Tensor] = None  # (B, 4 * MAX_RANK) RankPick's, when configured
 
 
 class MERES(nn.Module):
@@ -89,6 +91,8 @@ class MERES(nn.Module):
         if self.candidate_rank is not None:
             rank_prior = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
             out.candidate_logits = out.logits
+            if self.candidate_rank.pick is not None:
+                out.rank_pair_logits = self.candidate_rank.pick.pair(sentence_mean(text, text_valid))
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
         if rank_prior is not None:
@@ -174,6 +178,9 @@ class MERES(nn.Module):
         if out.centre_logits is not None and ranked_centres is not None:
             losses["centres"] = centre_focal_loss(out.centre_logits, ranked_centres)
             losses["loss"] = losses["loss"] + self.cfg.centre_weight * losses["centres"]
+        if self.cfg.candidate_pick_weight and out.rank_pair_logits is not None and ranked_centres is not None:
+            losses["pick"] = pair_loss(out.rank_pair_logits, masks, ranked_centres)
+            losses["loss"] = losses["loss"] + self.cfg.candidate_pick_weight * losses["pick"]
         return losses
 
 
