@@ -112,8 +112,8 @@ class ModelConfig:
     candidate_rank_hidden: int = 0
     # With the rank prior: also a distribution over (side, ordinal) pairs of the pooled sentence, scaled by a
     # per-sentence gain: the candidate that is the named ordinal from the named side (RankPick).
-    candidate_rank_factored: bool = False
-    # With candidate_rank_factored: weight of the target's -log likelihood under the (side, ordinal) pairs,
+    candidate_rank_pick: bool = False
+    # With candidate_rank_pick: weight of the target's -log likelihood under the (side, ordinal) pairs,
     # from the ground-truth centroids of what the qualifier ranks (candidate_rank.pair_loss). 0: off.
     candidate_pick_weight: float = 0.0
     # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
@@ -181,10 +181,10 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.centre_weight must be >= 0")
     if m.candidate_rank_hidden < 0 or (m.candidate_rank_hidden and not m.candidate_rank_prior):
         raise ValueError("model.candidate_rank_hidden must be >= 0 and needs model.candidate_rank_prior")
-    if m.candidate_rank_factored and not m.candidate_rank_prior:
-        raise ValueError("model.candidate_rank_factored needs model.candidate_rank_prior")
-    if m.candidate_pick_weight < 0 or (m.candidate_pick_weight and not m.candidate_rank_factored):
-        raise ValueError("model.candidate_pick_weight must be >= 0 and needs model.candidate_rank_factored")
+    if m.candidate_rank_pick and not m.candidate_rank_prior:
+        raise ValueError("model.candidate_rank_pick needs model.candidate_rank_prior")
+    if m.candidate_pick_weight < 0 or (m.candidate_pick_weight and not m.candidate_rank_pick):
+        raise ValueError("model.candidate_pick_weight must be >= 0 and needs model.candidate_rank_pick")
     return cfg
 
 

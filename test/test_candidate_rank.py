@@ -182,10 +182,10 @@ def test_the_hidden_layer_makes_side_and_ordinal_count_together():
     assert hidden > 0.95 and linear < 0.85, (linear, hidden)
 
 
-def test_the_factored_pick_names_one_side_and_one_ordinal():
+def test_the_pick_names_one_side_and_one_ordinal():
     # p(side, ordinal): the one pair that "second" and "left" name together.
-    factored = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, factored=True))
-    assert factored > 0.95, factored
+    picked = _picks_the_named_blob(CandidateRankPrior(2 + MAX_RANK, pick=True))
+    assert picked > 0.95, picked
 
 
 def test_pair_loss_is_the_targets_likelihood_under_the_named_pair():
@@ -203,12 +203,12 @@ def test_pair_loss_is_the_targets_likelihood_under_the_named_pair():
     assert loss_for("left", 0) > 10 and loss_for("top", 2) > 10
 
 
-def test_factored_pick_needs_the_prior_and_starts_as_the_old_model(warm_started):
-    with pytest.raises(ValueError, match="candidate_rank_factored needs"):
-        load_config("tiny", overrides={"model": {"candidate_rank_factored": True}})
+def test_pick_needs_the_prior_and_starts_as_the_old_model(warm_started):
+    with pytest.raises(ValueError, match="candidate_rank_pick needs"):
+        load_config("tiny", overrides={"model": {"candidate_rank_pick": True}})
     with pytest.raises(ValueError, match="candidate_pick_weight"):
         load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_pick_weight": 1.0}})
-    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_factored": True}})
+    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_pick": True}})
     old, new, inputs = warm_started(cfg, ["the second circle from the left", "the third square from the top"])
     assert all((p == 0).all() for p in new.candidate_rank.pick.parameters())
     with torch.no_grad():

@@ -244,7 +244,7 @@ def test_a_training_step_trains_the_centre_head_on_the_ranked_centres(tmp_path, 
 
 def test_train_only_trains_the_listed_parameters_and_nothing_else(tmp_path, scene_root):
     config = write_config(tmp_path / "cfg.yaml", scene_root, tmp_path / "run", batch_size=4, eval={"overlays": 0},
-                          model={"candidate_rank_prior": True, "candidate_rank_factored": True,
+                          model={"candidate_rank_prior": True, "candidate_rank_pick": True,
                                  "candidate_pick_weight": 1.0},
                           optim={"train_only": ["candidate_rank."]})
     trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)

@@ -11,7 +11,7 @@ left / right / top / bottom, as the datasets order targets), and
     logit += sum_{side, k < MAX_RANK} w_{side,k} [the pixel's component is k-th from side]
 
 with the 4 x MAX_RANK weights a linear function of the mean-pooled sentence features (plus, with
-`hidden` > 0, an MLP of them: see CandidateRankPrior; with `factored`, a distribution over (side,
+`hidden` > 0, an MLP of them: see CandidateRankPrior; with `pick`, a distribution over (side,
 ordinal) pairs: see RankPick). The
 ranks are not differentiated (as the position prior's centroid): they say which candidate is
 which; the weights learn which one the sentence names. Zero-initialized, so a warm-started
@@ -112,7 +112,7 @@ def side_ranks(own_centre: torch.Tensor, own_valid: torch.Tensor, centres: torch
 
 
 class RankPick(nn.Module):
-    """`ModelConfig.candidate_rank_factored`: "the second circle from the left" names one (side, ordinal)
+    """`ModelConfig.candidate_rank_pick`: "the second circle from the left" names one (side, ordinal)
     pair, so the sentence gives a distribution over the 4 x MAX_RANK pairs, and a candidate matches
     by the pairs it is:
 
@@ -122,15 +122,16 @@ class RankPick(nn.Module):
     A softmax of a linear map of the mean-pooled sentence can put its mass on (left, 1) for "second"
     plus "left", which the additive weights cannot: they add what each word says to every candidate
     that is second from anywhere or anything from the left (stage 13's "the second circle from the
-    left" put 9.0 on the first from the left and 6.2 on the second). A product p(side) p(k) of two
-    softmaxes was tried first: each factor's gradient waits on the other's, and both settled on the
-    data's commonest ranks for every sentence within 250 steps. The gain g(s) lets sentences without
-    an ordinal leave the candidates alone; it starts at zero, so a warm start keeps the function. A
-    lone candidate is first from every side whatever the sentence says, so it is left alone.
+    left" put 9.0 on the first from the left and 6.2 on the second). The gain g(s) lets sentences
+    without an ordinal leave the candidates alone; it starts at zero, so a warm start keeps the
+    function. A lone candidate is first from every side whatever the sentence says, so it is left
+    alone.
 
-    With `ModelConfig.candidate_pick_weight` the pair distribution is also fitted to the ground truth
-    (pair_loss): through the mask loss alone its gradient is weak and ambiguous (stage 14's second
-    start went the same way as the first)."""
+    `ModelConfig.candidate_pick_weight` also fits the pairs to the ground truth (pair_loss). Through
+    the mask loss alone the signal is weak and ambiguous: stage 14 first tried a product p(side) p(k)
+    of two softmaxes without it, and twice (with and without lone candidates) both factors settled on
+    one pair for every sentence within 250 steps ("first from the left", then "second from the right").
+    """
 
     def __init__(self, text_dim: int):
         super().__init__()
@@ -157,7 +158,7 @@ class CandidateRankPrior(nn.Module):
     about as high (stage 12's learned weights do exactly this). The MLP can make the side and the
     ordinal count together; its output layer starts at zero, so a warm start keeps the function."""
 
-    def __init__(self, text_dim: int, hidden: int = 0, factored: bool = False):
+    def __init__(self, text_dim: int, hidden: int = 0, pick: bool = False):
         super().__init__()
         self.proj = nn.Linear(text_dim, len(SIDES) * MAX_RANK)  # w_{side, k}
         nn.init.zeros_(self.proj.weight)
@@ -168,7 +169,7 @@ class CandidateRankPrior(nn.Module):
                                              nn.Linear(hidden, len(SIDES) * MAX_RANK))
             nn.init.zeros_(self.interaction[-1].weight)
             nn.init.zeros_(self.interaction[-1].bias)
-        self.pick = RankPick(text_dim) if factored else None
+        self.pick = RankPick(text_dim) if pick else None
 
     def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                 centre_logits: Optional[torch.Tensor] = None) -> torch.Tensor:

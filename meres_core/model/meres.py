@@ -57,7 +57,7 @@ class MERES(nn.Module):
                                            coord_features=cfg.coord_features)
         self.position_prior = SentencePositionPrior(self.text.dim) if cfg.sentence_position_prior else None
         self.candidate_rank = (CandidateRankPrior(self.text.dim, cfg.candidate_rank_hidden,
-                                                  cfg.candidate_rank_factored)
+                                                  cfg.candidate_rank_pick)
                                if cfg.candidate_rank_prior else None)
         self.centre_head = CentreHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
