@@ -21,12 +21,15 @@ def exported(tmp_path_factory):
 
     # The demo model's deviations, the priors and no-target head with non-zero weights so that they act.
     cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
-                                                   "candidate_rank_prior": True, "no_target_head": True}})
+                                                   "candidate_rank_prior": True, "candidate_rank_pick": True,
+                                                   "no_target_head": True}})
     torch.manual_seed(0)
     model = MERES(cfg.model).eval()
     with torch.no_grad():
         model.position_prior.proj.weight.normal_(0.0, 0.3)
         model.candidate_rank.proj.weight.normal_(0.0, 0.3)
+        model.candidate_rank.pick.pair.weight.normal_(0.0, 0.3)
+        model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
         # The rank prior acts only on candidates (p > 0.5): make sure this random model has some.
         text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
         out, _ = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)

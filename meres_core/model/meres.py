@@ -13,12 +13,11 @@ from ..config import ModelConfig
 from .attention import CrossAttentionBlock
 from .coordinates import COORD_CHANNELS, append_coordinates
 from .decoder import SegmentationDecoder
-from .encoders import TextEncoder, VisionEncoder
+from .encoders import TextEncoder, VisionEncoder, sentence_mean
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
 from .candidate_rank import CandidateRankPrior, pair_loss
-from .encoders import sentence_mean
 from .instance_centres import CentreHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
 
