@@ -27,6 +27,28 @@ def tiny_model(tiny_cfg):
     return MERES(tiny_cfg.model)
 
 
+@pytest.fixture(scope="session")
+def make_tiny_with_deviations():
+    """A factory of tiny models with the demo model's deviations (priors, rank pick, no-target head) and
+    non-zero weights in them so that they act: what the ONNX and compiled backends must reproduce."""
+    def make():
+        cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
+                                                       "candidate_rank_prior": True, "candidate_rank_pick": True,
+                                                       "no_target_head": True}})
+        torch.manual_seed(0)
+        model = MERES(cfg.model).eval()
+        with torch.no_grad():
+            model.position_prior.proj.weight.normal_(0.0, 0.3)
+            model.candidate_rank.proj.weight.normal_(0.0, 0.3)
+            model.candidate_rank.pick.pair.weight.normal_(0.0, 0.3)
+            model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
+            model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
+            model.no_target.mlp[-1].bias.zero_()
+        return model, cfg
+
+    return make
+
+
 @pytest.fixture
 def scene():
     """A small RGB image with a red disc on the left and a blue square on the right."""

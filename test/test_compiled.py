@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from meres_core.compiled import CompiledImagePath, package_key
-from meres_core.config import load_config
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
 
@@ -18,21 +17,8 @@ SENTENCES = ["the red circle", "the blue square on the right side of the picture
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    # The demo model's deviations, the priors and no-target head with non-zero weights so that they act.
-    cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
-                                                   "candidate_rank_prior": True, "candidate_rank_pick": True,
-                                                   "no_target_head": True}})
-    torch.manual_seed(0)
-    model = MERES(cfg.model).eval()
-    with torch.no_grad():
-        model.position_prior.proj.weight.normal_(0.0, 0.3)
-        model.candidate_rank.proj.weight.normal_(0.0, 0.3)
-        model.candidate_rank.pick.pair.weight.normal_(0.0, 0.3)
-        model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
-        model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
-        model.no_target.mlp[-1].bias.zero_()
-    return model, cfg
+def tiny(make_tiny_with_deviations):
+    return make_tiny_with_deviations()
 
 
 @pytest.mark.skipif(not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "clang++", "c++")))),

@@ -15,27 +15,13 @@ SENTENCES = ["the red circle", "the blue square on the right side of the picture
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from meres_core.config import load_config
-    from meres_core.model.meres import MERES
-
-    # The demo model's deviations, the priors and no-target head with non-zero weights so that they act.
-    cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
-                                                   "candidate_rank_prior": True, "candidate_rank_pick": True,
-                                                   "no_target_head": True}})
-    torch.manual_seed(0)
-    model = MERES(cfg.model).eval()
+def exported(tmp_path_factory, make_tiny_with_deviations):
+    model, cfg = make_tiny_with_deviations()
     with torch.no_grad():
-        model.position_prior.proj.weight.normal_(0.0, 0.3)
-        model.candidate_rank.proj.weight.normal_(0.0, 0.3)
-        model.candidate_rank.pick.pair.weight.normal_(0.0, 0.3)
-        model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
         # The rank prior acts only on candidates (p > 0.5): make sure this random model has some.
         text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
         out, _ = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
         assert (model.candidate_rank(out.logits, text, valid) != 0).any()
-        model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
-        model.no_target.mlp[-1].bias.zero_()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
     return model, cfg, path
 
