@@ -130,7 +130,7 @@ class RankPick(nn.Module):
     `ModelConfig.candidate_pick_weight` also fits the pairs to the ground truth (pair_loss). Through
     the mask loss alone the signal is weak and ambiguous: stage 14 first tried a product p(side) p(k)
     of two softmaxes without it, and twice (with and without lone candidates) both factors settled on
-    one pair for every sentence within 250 steps ("first from the left", then "second from the right").
+    one pair for nearly every sentence within 250 steps ("first from the left", then "second from the right").
     """
 
     def __init__(self, text_dim: int):
