@@ -35,7 +35,7 @@ def test_the_prior_adds_its_weight_on_the_named_candidate_only():
     bias[SIDES.index("left"), 1] = 3.0  # "the second from the left"
     with torch.no_grad():
         prior.proj.bias.copy_(bias.flatten() / SCALE)
-    out = prior(logits, torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))[0, 0]
+    out = prior(logits, torch.randn(1, 2, 3), torch.ones(1, 2, dtype=torch.bool))[0][0, 0]
     expected = torch.zeros(4, 12)
     expected[1:3, 5:7] = 3.0
     assert torch.allclose(out, expected, atol=1e-5)
@@ -75,26 +75,26 @@ def _exact_masks(module: torch.nn.Module) -> float:
     optimizer = torch.optim.Adam(module.parameters(), lr=0.05)
     for _ in range(150):
         logits, target = _scenes(30, generator)
-        out = logits + module(logits, text.repeat(10, 1, 1), valid.repeat(10, 1))
+        out = logits + module(logits, text.repeat(10, 1, 1), valid.repeat(10, 1))[0]
         loss = F.binary_cross_entropy_with_logits(out, target, pos_weight=torch.tensor(20.0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     logits, target = _scenes(150, generator)
     with torch.no_grad():
-        masks = logits + module(logits, text.repeat(50, 1, 1), valid.repeat(50, 1)) > 0
+        masks = logits + module(logits, text.repeat(50, 1, 1), valid.repeat(50, 1))[0] > 0
     return (masks == target.bool()).flatten(1).all(1).float().mean().item()
 
 
 class _PositionPriorTerm(torch.nn.Module):
-    """SentencePositionPrior as an additive term, like CandidateRankPrior."""
+    """SentencePositionPrior as an additive term, returned as CandidateRankPrior returns its own."""
 
     def __init__(self):
         super().__init__()
         self.prior = SentencePositionPrior(text_dim=3)
 
     def forward(self, logits, text, valid):
-        return self.prior(logits, text, valid) - logits
+        return self.prior(logits, text, valid) - logits, None
 
 
 def test_it_learns_the_second_from_the_left_where_the_position_prior_cannot():
@@ -162,14 +162,14 @@ def _picks_the_named_blob(prior: CandidateRankPrior) -> float:
     optimizer = torch.optim.Adam(prior.parameters(), lr=0.02)
     for _ in range(500):
         logits, target, text = _side_and_ordinal_scenes(32, generator)
-        out = logits + prior(logits, text, valid.expand(32, -1))
+        out = logits + prior(logits, text, valid.expand(32, -1))[0]
         loss = F.binary_cross_entropy_with_logits(out, target, pos_weight=torch.tensor(20.0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     logits, target, text = _side_and_ordinal_scenes(300, generator)
     with torch.no_grad():
-        out = logits + prior(logits, text, valid.expand(300, -1))
+        out = logits + prior(logits, text, valid.expand(300, -1))[0]
     best = torch.where(logits > 0, out, torch.full_like(out, -1e9)).flatten(1).argmax(1)
     return target.flatten(1).gather(1, best[:, None]).mean().item()
 

@@ -21,7 +21,7 @@ def exported(tmp_path_factory, make_tiny_with_deviations):
         # The rank prior acts only on candidates (p > 0.5): make sure this random model has some.
         text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
         out, _ = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
-        assert (model.candidate_rank(out.logits, text, valid) != 0).any()
+        assert (model.candidate_rank(out.logits, text, valid)[0] != 0).any()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
     return model, cfg, path
 

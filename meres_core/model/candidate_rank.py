@@ -141,14 +141,17 @@ class RankPick(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
-        """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; ranks (B, 4, h, w) -> (B, h, w)."""
+    def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, ranks: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; ranks (B, 4, h, w)
+        -> the prior (B, h, w) and the pair logits (B, 4 * MAX_RANK), for pair_loss."""
         several = ranks[:, 0].flatten(1).amax(1) >= 1  # (B,): a candidate second from the left exists
         on_candidate = ((ranks[:, 0] >= 0) & several[:, None, None]).float()  # (B, h, w)
-        p_pair = torch.softmax(self.pair(sentence).float(), -1).view(-1, len(SIDES), MAX_RANK)  # p(side, k | s)
+        pair_logits = self.pair(sentence)
+        p_pair = torch.softmax(pair_logits.float(), -1).view(-1, len(SIDES), MAX_RANK)  # p(side, k | s)
         match = torch.einsum("bsk,bskhw->bhw", p_pair, onehot)  # (B, h, w)
         gain = SCALE * self.gain(sentence).float()[:, :, None]  # (B, 1, 1)
-        return gain * (2.0 * match - 1.0) * on_candidate
+        return gain * (2.0 * match - 1.0) * on_candidate, pair_logits
 
 
 class CandidateRankPrior(nn.Module):
@@ -172,10 +175,10 @@ class CandidateRankPrior(nn.Module):
         self.pick = RankPick(text_dim) if pick else None
 
     def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
-                centre_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+                centre_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """candidates (B, 1, h, w) the decoder's logits; text (B, T, D_t), text_valid (B, T); centre_logits
         (B, 1, h, w) of the centre head, None: components are the candidates -> the prior (B, 1, h, w),
-        to be added to the logits."""
+        to be added to the logits, and RankPick's pair logits (B, 4 * MAX_RANK), None without the pick."""
         b, _, h, w = candidates.shape
         sentence = sentence_mean(text, text_valid)  # (B, D_t)
         weights = self.proj(sentence)
@@ -186,9 +189,11 @@ class CandidateRankPrior(nn.Module):
                  else centre_candidate_ranks(candidates, centre_logits))  # (B, 4, h, w)
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
         prior = torch.einsum("bsk,bskhw->bhw", weights, onehot)  # (B, h, w)
+        pair_logits = None
         if self.pick is not None:
-            prior = prior + self.pick(sentence, onehot, ranks)
-        return prior[:, None].to(candidates.dtype)
+            picked, pair_logits = self.pick(sentence, onehot, ranks)
+            prior = prior + picked
+        return prior[:, None].to(candidates.dtype), pair_logits
 
 
 def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
@@ -207,10 +212,7 @@ def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: to
     # The target is the nearest entry (its centroid here differs by the resize only); the others rank it.
     distance = ((target[:, None] - centres) ** 2).sum(-1).masked_fill(~valid, float("inf"))  # (B, M)
     others = valid & (torch.arange(valid.shape[1], device=valid.device) != distance.argmin(1, keepdim=True))
-    before = target[:, None] - centres  # (B, M, 2): > 0 where the entry lies left / above
-    ranks = torch.stack([((before[..., 0] > 0) & others).sum(-1), ((before[..., 0] < 0) & others).sum(-1),
-                         ((before[..., 1] > 0) & others).sum(-1), ((before[..., 1] < 0) & others).sum(-1)],
-                        1)  # (B, 4): from the left, right, top, bottom
+    ranks = side_ranks(target[:, None], valid.new_ones(b, 1), centres, others)[..., 0]  # (B, 4)
     onehot = (ranks[..., None] == torch.arange(MAX_RANK, device=ranks.device)).float()  # (B, 4, MAX_RANK)
     p = torch.softmax(pair_logits.float(), -1).view(b, len(SIDES), MAX_RANK)
     likelihood = (p * onehot).sum((1, 2))  # (B,)

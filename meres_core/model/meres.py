@@ -13,7 +13,7 @@ from ..config import ModelConfig
 from .attention import CrossAttentionBlock
 from .coordinates import COORD_CHANNELS, append_coordinates
 from .decoder import SegmentationDecoder
-from .encoders import TextEncoder, VisionEncoder, sentence_mean
+from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
@@ -88,10 +88,8 @@ class MERES(nn.Module):
         if self.centre_head is not None:
             out.centre_logits = self.centre_head(fine)
         if self.candidate_rank is not None:
-            rank_prior = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
+            rank_prior, out.rank_pair_logits = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
             out.candidate_logits = out.logits
-            if self.candidate_rank.pick is not None:
-                out.rank_pair_logits = self.candidate_rank.pick.pair(sentence_mean(text, text_valid))
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
         if rank_prior is not None:
