@@ -116,6 +116,10 @@ class ModelConfig:
     # With candidate_rank_pick: weight of the target's -log likelihood under the (side, ordinal) pairs,
     # from the ground-truth centroids of what the qualifier ranks (candidate_rank.pair_loss). 0: off.
     candidate_pick_weight: float = 0.0
+    # With candidate_rank_pick: weight of the pick's squared gain on sentences that rank nothing by position
+    # (fewer than two ranked objects: size, relation, colour, absent), which should leave the candidates
+    # alone (candidate_rank.gain_loss). 0: off.
+    candidate_gain_weight: float = 0.0
     # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
     # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other
     # sentences), so the prior has the candidates to count (model/meres.py compute_loss). 0: off.
@@ -185,6 +189,8 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.candidate_rank_pick needs model.candidate_rank_prior")
     if m.candidate_pick_weight < 0 or (m.candidate_pick_weight and not m.candidate_rank_pick):
         raise ValueError("model.candidate_pick_weight must be >= 0 and needs model.candidate_rank_pick")
+    if m.candidate_gain_weight < 0 or (m.candidate_gain_weight and not m.candidate_rank_pick):
+        raise ValueError("model.candidate_gain_weight must be >= 0 and needs model.candidate_rank_pick")
     return cfg
 
 

@@ -7,7 +7,8 @@ from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.losses import upsample_logits
 from meres_core.model.meres import MERES
-from meres_core.model.candidate_rank import MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks, pair_loss
+from meres_core.model.candidate_rank import (MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks, gain_loss,
+                                              pair_loss)
 from meres_core.model.position_prior import SentencePositionPrior
 
 
@@ -201,6 +202,37 @@ def test_pair_loss_is_the_targets_likelihood_under_the_named_pair():
         return pair_loss(logits, masks, centres).item()
     assert loss_for("left", 1) < 1e-3 and loss_for("right", 1) < 1e-3 and loss_for("bottom", 1) < 1e-3
     assert loss_for("left", 0) > 10 and loss_for("top", 2) > 10
+
+
+def test_gain_loss_pulls_the_gain_to_zero_only_where_nothing_is_ranked_by_position():
+    centres = torch.full((3, 8, 2), float("nan"))
+    centres[0, :3] = torch.tensor([[-0.6, 0.5], [0.0, 0.0], [0.6, -0.5]])  # "the second circle from the left"
+    centres[1, :1] = torch.tensor([[0.0, 0.0]])  # "the smaller yellow shape": the target only
+    # centres[2]: an absent sentence ranks nothing
+    gain = torch.tensor([1.5, 2.0, -1.0], requires_grad=True)
+    loss = gain_loss(gain, centres)
+    assert torch.isclose(loss, torch.tensor((2.0 ** 2 + 1.0 ** 2) / 2))
+    loss.backward()
+    assert gain.grad[0] == 0 and gain.grad[1] > 0 and gain.grad[2] < 0
+    assert gain_loss(torch.ones(1, requires_grad=True), centres[:1]).item() == 0.0
+
+
+def test_gain_weight_adds_the_gain_loss(warm_started):
+    with pytest.raises(ValueError, match="candidate_gain_weight"):
+        load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_gain_weight": 1.0}})
+    cfg = load_config("tiny", overrides={"model": {"candidate_rank_prior": True, "candidate_rank_pick": True,
+                                                   "candidate_gain_weight": 0.5}})
+    _, model, inputs = warm_started(cfg, ["the smaller yellow shape", "the second circle from the left"])
+    with torch.no_grad():
+        model.candidate_rank.pick.gain.bias.fill_(2.0)
+    out = model(*inputs)
+    masks = torch.zeros(2, 64, 64)
+    centres = torch.full((2, 8, 2), float("nan"))
+    centres[1, :2] = torch.tensor([[-0.5, 0.0], [0.5, 0.0]])
+    losses = model.compute_loss(out, masks, ranked_centres=centres)
+    assert torch.isclose(losses["pick_gain"], torch.tensor(4.0))  # sentence 0 only: gain 2 squared
+    others = losses["bce"] + model.cfg.contrastive_weight * losses["contrastive"]  # tiny: no Dice
+    assert torch.isclose(losses["loss"], others + 0.5 * losses["pick_gain"], atol=1e-6)
 
 
 def test_pick_needs_the_prior_and_starts_as_the_old_model(warm_started):

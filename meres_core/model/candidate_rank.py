@@ -131,6 +131,10 @@ class RankPick(nn.Module):
     the mask loss alone the signal is weak and ambiguous: stage 14 first tried a product p(side) p(k)
     of two softmaxes without it, and twice (with and without lone candidates) both factors settled on
     one pair for nearly every sentence within 250 steps ("first from the left", then "second from the right").
+    Its gain learns only where the pick is on (two or more candidates), so sentences that rank nothing
+    but often see several candidates ("the smaller yellow shape") kept whatever gain their words share
+    with ordinal ones (stage 15: 14.9 for that one); `ModelConfig.candidate_gain_weight` pulls it to
+    zero there (gain_loss).
     """
 
     def __init__(self, text_dim: int):
@@ -142,16 +146,16 @@ class RankPick(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, sentence: torch.Tensor, onehot: torch.Tensor, ranks: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """sentence (B, D_t); onehot (B, 4, MAX_RANK, h, w) [rank from side == k]; ranks (B, 4, h, w)
-        -> the prior (B, h, w) and the pair logits (B, 4 * MAX_RANK), for pair_loss."""
+        -> the prior (B, h, w), and the pair logits (B, 4 * MAX_RANK) and gain / SCALE (B,) for the losses."""
         several = ranks[:, 0].flatten(1).amax(1) >= 1  # (B,): a candidate second from the left exists
         on_candidate = ((ranks[:, 0] >= 0) & several[:, None, None]).float()  # (B, h, w)
         pair_logits = self.pair(sentence)
         p_pair = torch.softmax(pair_logits.float(), -1).view(-1, len(SIDES), MAX_RANK)  # p(side, k | s)
         match = torch.einsum("bsk,bskhw->bhw", p_pair, onehot)  # (B, h, w)
-        gain = SCALE * self.gain(sentence).float()[:, :, None]  # (B, 1, 1)
-        return gain * (2.0 * match - 1.0) * on_candidate, pair_logits
+        gain = self.gain(sentence).float()[:, 0]  # (B,)
+        return SCALE * gain[:, None, None] * (2.0 * match - 1.0) * on_candidate, (pair_logits, gain)
 
 
 class CandidateRankPrior(nn.Module):
@@ -175,10 +179,11 @@ class CandidateRankPrior(nn.Module):
         self.pick = RankPick(text_dim) if pick else None
 
     def forward(self, candidates: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
-                centre_logits: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                centre_logits: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, Optional[tuple[torch.Tensor, torch.Tensor]]]:
         """candidates (B, 1, h, w) the decoder's logits; text (B, T, D_t), text_valid (B, T); centre_logits
         (B, 1, h, w) of the centre head, None: components are the candidates -> the prior (B, 1, h, w),
-        to be added to the logits, and RankPick's pair logits (B, 4 * MAX_RANK), None without the pick."""
+        to be added to the logits, and RankPick's pair logits (B, 4 * MAX_RANK) and gain (B,), None without the pick."""
         b, _, h, w = candidates.shape
         sentence = sentence_mean(text, text_valid)  # (B, D_t)
         weights = self.proj(sentence)
@@ -189,11 +194,11 @@ class CandidateRankPrior(nn.Module):
                  else centre_candidate_ranks(candidates, centre_logits))  # (B, 4, h, w)
         onehot = (ranks[:, :, None] == torch.arange(MAX_RANK, device=ranks.device)[:, None, None]).float()
         prior = torch.einsum("bsk,bskhw->bhw", weights, onehot)  # (B, h, w)
-        pair_logits = None
+        pick = None
         if self.pick is not None:
-            picked, pair_logits = self.pick(sentence, onehot, ranks)
+            picked, pick = self.pick(sentence, onehot, ranks)
             prior = prior + picked
-        return prior[:, None].to(candidates.dtype), pair_logits
+        return prior[:, None].to(candidates.dtype), pick
 
 
 def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
@@ -220,3 +225,12 @@ def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: to
     if not use.any():
         return pair_logits.sum() * 0.0
     return -torch.log(likelihood[use].clamp_min(1e-6)).mean()
+
+
+def gain_loss(gain: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
+    """Mean squared RankPick gain (B,) over the sentences whose qualifier ranks fewer than two objects
+    (ranked_centres (B, M, 2), NaN rows for none): they name no (side, ordinal), so the pick stays off."""
+    use = (~torch.isnan(ranked_centres[..., 0])).sum(1) < 2  # (B,)
+    if not use.any():
+        return gain.sum() * 0.0
+    return (gain[use] ** 2).mean()

@@ -17,7 +17,7 @@ from .encoders import TextEncoder, VisionEncoder
 from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
-from .candidate_rank import CandidateRankPrior, pair_loss
+from .candidate_rank import CandidateRankPrior, gain_loss, pair_loss
 from .instance_centres import CentreHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
 
@@ -32,6 +32,7 @@ class MeresOutput:
     candidate_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the decoder's, before the priors
     centre_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the candidates' centres, when configured
     rank_pair_logits: Optional[torch.Tensor] = None  # (B, 4 * MAX_RANK) RankPick's, when configured
+    rank_gain: Optional[torch.Tensor] = None  # (B,) RankPick's gain g(s) / SCALE, when configured
 
 
 class MERES(nn.Module):
@@ -88,7 +89,9 @@ class MERES(nn.Module):
         if self.centre_head is not None:
             out.centre_logits = self.centre_head(fine)
         if self.candidate_rank is not None:
-            rank_prior, out.rank_pair_logits = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
+            rank_prior, pick = self.candidate_rank(out.logits, text, text_valid, out.centre_logits)
+            if pick is not None:
+                out.rank_pair_logits, out.rank_gain = pick
             out.candidate_logits = out.logits
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
@@ -178,6 +181,9 @@ class MERES(nn.Module):
         if self.cfg.candidate_pick_weight and out.rank_pair_logits is not None and ranked_centres is not None:
             losses["pick"] = pair_loss(out.rank_pair_logits, masks, ranked_centres)
             losses["loss"] = losses["loss"] + self.cfg.candidate_pick_weight * losses["pick"]
+        if self.cfg.candidate_gain_weight and out.rank_gain is not None and ranked_centres is not None:
+            losses["pick_gain"] = gain_loss(out.rank_gain, ranked_centres)
+            losses["loss"] = losses["loss"] + self.cfg.candidate_gain_weight * losses["pick_gain"]
         return losses
 
 

@@ -35,12 +35,16 @@ RELATIONS = {"left": "left", "right": "right", "above": "top", "below": "bottom"
 PLAIN = ("the {np}", "{np}", "the {np} in the image", "the {np} in the scene")
 POSTPOSED = ("the {noun} that is {color}", "the {color} colored {noun}", "the {noun} colored {color}",
              "the {noun} in {color}")
+# "nearest the ... edge" (1.5): "closest to" is otherwise only the relation to a landmark.
 EXTREME = {
-    "left": ("the leftmost {np}", "the {np} on the far left", "the {np} furthest to the left", "the left-most {np}"),
+    "left": ("the leftmost {np}", "the {np} on the far left", "the {np} furthest to the left", "the left-most {np}",
+             "the {np} nearest the left edge", "the {np} closest to the left side"),
     "right": ("the rightmost {np}", "the {np} on the far right", "the {np} furthest to the right",
-              "the right-most {np}"),
-    "top": ("the topmost {np}", "the highest {np}", "the {np} at the very top", "the uppermost {np}"),
-    "bottom": ("the bottommost {np}", "the lowest {np}", "the {np} at the very bottom", "the lowermost {np}"),
+              "the right-most {np}", "the {np} nearest the right edge", "the {np} closest to the right side"),
+    "top": ("the topmost {np}", "the highest {np}", "the {np} at the very top", "the uppermost {np}",
+            "the {np} nearest the top edge", "the {np} closest to the top of the image"),
+    "bottom": ("the bottommost {np}", "the lowest {np}", "the {np} at the very bottom", "the lowermost {np}",
+               "the {np} nearest the bottom edge", "the {np} closest to the bottom of the image"),
 }
 RELATION_WORDS = {
     "left": ("left of", "to the left of", "on the left of"),
