@@ -32,7 +32,7 @@ COLOR_WORDS = {name: (name,) for name in COLORS} | {"purple": ("purple", "violet
 DIRECTIONS = {"left": (0, 1), "right": (0, -1), "top": (1, 1), "bottom": (1, -1)}
 RELATIONS = {"left": "left", "right": "right", "above": "top", "below": "bottom"}
 
-PLAIN = ("the {np}", "{np}", "the {np} in the image", "the {np} in the scene")
+PLAIN = ("the {np}", "{np}", "the {np} in the image", "the {np} in the scene", "the only {np}")  # "the only" (1.5)
 POSTPOSED = ("the {noun} that is {color}", "the {color} colored {noun}", "the {noun} colored {color}",
              "the {noun} in {color}")
 # "nearest the ... edge" (1.5): "closest to" is otherwise only the relation to a landmark.

@@ -46,7 +46,7 @@ from .scene import APPEARANCES, _render, _scene_rng, camera_info
 from .vocabulary import CATEGORY_IDS, KINDS
 
 VERSION = "1.5"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
-# 1.5: "nearest the <side> edge" wordings of the extremes
+# 1.5: "nearest the <side> edge" wordings of the extremes, "the only <name>"
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
