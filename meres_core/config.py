@@ -116,9 +116,9 @@ class ModelConfig:
     # With candidate_rank_pick: weight of the target's -log likelihood under the (side, ordinal) pairs,
     # from the ground-truth centroids of what the qualifier ranks (candidate_rank.pair_loss). 0: off.
     candidate_pick_weight: float = 0.0
-    # With candidate_rank_pick: weight of the pick's squared gain on sentences that rank nothing by position
-    # (fewer than two ranked objects: size, relation, colour, absent), which should leave the candidates
-    # alone (candidate_rank.gain_loss). 0: off.
+    # With candidate_rank_pick: weight of the squared error of the pick's gain against "the qualifier ranks
+    # two or more objects by position" (on: candidate_rank.RANKING_GAIN; off for size, relation, colour and
+    # absent sentences, which should leave the candidates alone; candidate_rank.gain_loss). 0: off.
     candidate_gain_weight: float = 0.0
     # With the rank prior: BCE of the decoder's mask before the priors against every object the sentence's
     # qualifier ranks ("every circle" for "the second circle from the left"; the target itself for other

@@ -7,8 +7,8 @@ from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.losses import upsample_logits
 from meres_core.model.meres import MERES
-from meres_core.model.candidate_rank import (MAX_RANK, SCALE, SIDES, CandidateRankPrior, candidate_ranks, gain_loss,
-                                              pair_loss)
+from meres_core.model.candidate_rank import (MAX_RANK, RANKING_GAIN, SCALE, SIDES, CandidateRankPrior,
+                                              candidate_ranks, gain_loss, pair_loss)
 from meres_core.model.position_prior import SentencePositionPrior
 
 
@@ -204,17 +204,17 @@ def test_pair_loss_is_the_targets_likelihood_under_the_named_pair():
     assert loss_for("left", 0) > 10 and loss_for("top", 2) > 10
 
 
-def test_gain_loss_pulls_the_gain_to_zero_only_where_nothing_is_ranked_by_position():
+def test_gain_loss_fits_the_gain_to_whether_the_sentence_ranks_by_position():
     centres = torch.full((3, 8, 2), float("nan"))
     centres[0, :3] = torch.tensor([[-0.6, 0.5], [0.0, 0.0], [0.6, -0.5]])  # "the second circle from the left"
     centres[1, :1] = torch.tensor([[0.0, 0.0]])  # "the smaller yellow shape": the target only
     # centres[2]: an absent sentence ranks nothing
-    gain = torch.tensor([1.5, 2.0, -1.0], requires_grad=True)
+    gain = torch.tensor([RANKING_GAIN + 0.5, 2.0, -1.0], requires_grad=True)
     loss = gain_loss(gain, centres)
-    assert torch.isclose(loss, torch.tensor((2.0 ** 2 + 1.0 ** 2) / 2))
+    assert torch.isclose(loss, torch.tensor((0.5 ** 2 + 2.0 ** 2 + 1.0 ** 2) / 3))
     loss.backward()
-    assert gain.grad[0] == 0 and gain.grad[1] > 0 and gain.grad[2] < 0
-    assert gain_loss(torch.ones(1, requires_grad=True), centres[:1]).item() == 0.0
+    assert gain.grad[0] > 0 and gain.grad[1] > 0 and gain.grad[2] < 0  # each towards its target
+    assert gain_loss(torch.full((1,), RANKING_GAIN), centres[:1]).item() == 0.0
 
 
 def test_gain_weight_adds_the_gain_loss(warm_started):
@@ -230,7 +230,8 @@ def test_gain_weight_adds_the_gain_loss(warm_started):
     centres = torch.full((2, 8, 2), float("nan"))
     centres[1, :2] = torch.tensor([[-0.5, 0.0], [0.5, 0.0]])
     losses = model.compute_loss(out, masks, ranked_centres=centres)
-    assert torch.isclose(losses["pick_gain"], torch.tensor(4.0))  # sentence 0 only: gain 2 squared
+    expected = (2.0 ** 2 + (2.0 - RANKING_GAIN) ** 2) / 2  # gain 2 against 0 and against RANKING_GAIN
+    assert torch.isclose(losses["pick_gain"], torch.tensor(expected))
     others = losses["bce"] + model.cfg.contrastive_weight * losses["contrastive"]  # tiny: no Dice
     assert torch.isclose(losses["loss"], others + 0.5 * losses["pick_gain"], atol=1e-6)
 
