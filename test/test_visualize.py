@@ -12,12 +12,15 @@ def result(text: str, found: bool) -> SegmentationResult:
                               (300, 200, 379, 259) if found else None, (339.5, 229.5) if found else None)
 
 
+GLYPH_GAP = 3  # blank rows within one line of text: OpenCV 5 draws the dot of an "i" apart from its stem
+
+
 def text_bands(image: np.ndarray, columns: slice) -> list[tuple[int, int]]:
     """Row ranges holding caption text (pure white pixels) in `columns`."""
     rows = np.flatnonzero((image[:, columns] == LABEL_TEXT_RGB).all(-1).any(1))
     bands, start = [], rows[0]
     for previous, row in zip(rows, rows[1:]):
-        if row != previous + 1:
+        if row > previous + 1 + GLYPH_GAP:
             bands.append((start, previous))
             start = row
     return bands + [(start, rows[-1])]
@@ -34,7 +37,7 @@ def test_captions_are_stacked_on_opaque_boxes_over_a_busy_scene():
     for top, bottom in bands:
         box = out[top: bottom + 1, 30:300]
         text = (box == LABEL_TEXT_RGB).all(-1)
-        assert text.mean() > 0.05  # letters are there
+        assert text.mean() > 0.03  # letters are there (OpenCV 5: 5% of the box pure white, 4.x more)
         rest = box[~text]
         grey = (rest.max(-1) == rest.min(-1)).mean()  # black box and anti-aliased white: grey levels
         assert grey > 0.98, grey  # on an opaque box, not on the scene's colour noise
