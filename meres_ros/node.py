@@ -214,8 +214,14 @@ class MeresNode(LifecycleNode):
         # Registered before the declarations, which run it: a bad value in a parameter file is
         # refused at startup, with its name, instead of failing later in a transition.
         self.add_on_set_parameters_callback(self._check_parameters)
-        for name, (default, descriptor) in PARAMETERS.items():
-            self.declare_parameter(name, default, descriptor)
+        try:
+            for name, (default, descriptor) in PARAMETERS.items():
+                self.declare_parameter(name, default, descriptor)
+        except ParameterException:
+            # Nobody else holds this half-built node: destroy it before main() shuts rclpy down, not when
+            # the interpreter collects it afterwards (a CI run saw that exit die with SIGSEGV, not 2).
+            self.destroy_node()
+            raise
         # Humble has no post-set callback (it came in Iron): there the check applies accepted values itself.
         self._post_set_available = hasattr(self, "add_post_set_parameters_callback")
         if self._post_set_available:
