@@ -294,7 +294,7 @@ def run(quick: bool, device: str = "cpu", overrides: Optional[dict] = None) -> d
                 measurements["latency"]["node_received_to_published_ms_p50"] = listener.diagnostic("latency p50 (ms)")
                 measurements["camera_30hz"] = camera_run(client, listener, process, frames[0], seconds, warmup_s)
                 measurements["node_diagnostics"] = {
-                    key: listener.diagnostic(key) for key in ("precision", "torch threads", "frames dropped",
+                    key: listener.diagnostic(key) for key in ("precision", "image path", "torch threads", "frames dropped",
                                                               "frames skipped for a fresher one", TEXT_CALLS_KEY)}
             finally:
                 client.destroy()

@@ -13,16 +13,31 @@ milliseconds, so a package is compiled once per model, precision, machine and to
 and kept in a cache folder (`MERES_CACHE_DIR`, default ~/.cache/meres-ros/compiled); every
 later start with the same key loads it. The key hashes the weights, so a retrained checkpoint
 never runs an old package.
+
+Backend `auto` (BackgroundCompile, the commands' and the node's default) gets the compiled speed
+without the first start's wait: it runs the cached package when there is one; otherwise it serves
+eager PyTorch and, once the process has served COMPILE_AFTER_CALLS calls (a long-running node or
+replay, not a one-image command), compiles the package in a child process at the lowest CPU
+priority and switches to it when it lands. A failed compilation (no C++ compiler) leaves eager
+serving and a `.failed` note beside the package, so later starts do not try again.
+
+    python -m meres_core.compiled SOURCE_CHECKPOINT --precision bf16 --out PACKAGE   # the child
 """
 from __future__ import annotations
 
+import argparse
+import fcntl
 import hashlib
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -33,6 +48,9 @@ from .model.meres import MERES
 
 log = logging.getLogger(__name__)
 
+# Calls served eagerly before `auto` starts its background compilation: a node at a few frames per
+# second gets there in seconds; a command that segments one image never pays for a compilation.
+COMPILE_AFTER_CALLS = 50
 FORMAT = 1  # bump when what is compiled changes, so old packages are not loaded
 
 
@@ -72,6 +90,10 @@ def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
 def compile_package(model: MERES, dtype: torch.dtype, device: torch.device, path: str | Path) -> Path:
     """Export and compile the image path of `model` (weights already in `dtype` or fp32, on `device`) to `path`."""
     path = Path(path)
+    if device.type == "cpu":  # no C++ compiler: fail now, not after a minute of export and code generation
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = _PrecisionImagePath(model, dtype, device).eval()
     inputs = tuple(x.to(device) for x in example_inputs(model))
@@ -112,3 +134,133 @@ class CompiledImagePath:
 
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
         return self._runner(pixels, text, text_valid)
+
+
+class BackgroundCompile:
+    """Backend `auto` on CPU: the compiled image path of `model` once it is in the cache, eager until then.
+
+    `runner()` is asked once per call: the package's runner when loaded, else None (run eager). The
+    compilation runs in a child process (`python -m meres_core.compiled`), so neither the GIL nor the
+    OpenMP pool of the serving process is shared with the compiler; the child runs at nice 19 and
+    exits when this process does.
+    """
+
+    def __init__(self, model: MERES, cfg, dtype: torch.dtype, device: torch.device,
+                 directory: str | Path | None = None, compile_after_calls: int = COMPILE_AFTER_CALLS):
+        self.path = Path(directory or cache_dir()) / f"image_path_{package_key(model, dtype, device)}.pt2"
+        self.failed_note = self.path.with_suffix(".failed")
+        self._model, self._cfg, self._dtype = model, cfg, dtype
+        self._compile_after_calls = compile_after_calls
+        self._calls = 0
+        self._process: Optional[subprocess.Popen] = None
+        self._started = 0.0
+        self._runner: Optional[Callable] = None
+        if self.path.is_file():
+            self._runner = torch._inductor.aoti_load_package(str(self.path))
+
+    @property
+    def state(self) -> str:
+        """What serves now, for /diagnostics and logs."""
+        if self._runner is not None:
+            return "compiled"
+        if self._process is not None:
+            return "torch (compiling in the background)"
+        if self.failed_note.is_file():
+            return f"torch (compiling failed: {self.failed_note})"
+        return "torch (compiles after %d calls)" % self._compile_after_calls
+
+    def runner(self) -> Optional[Callable]:
+        if self._runner is not None:
+            return self._runner
+        self._calls += 1
+        if self._process is None:
+            if self._calls >= self._compile_after_calls and not self.failed_note.is_file():
+                self._start()
+        elif self._process.poll() is not None:
+            self._finish()
+        return self._runner
+
+    def wait(self, timeout: float) -> Optional[Callable]:
+        """Block until a started compilation ends (tests, benchmarks); -> the runner, None if none landed."""
+        if self._process is not None:
+            self._process.wait(timeout)
+            self._finish()
+        return self._runner
+
+    def _start(self) -> None:
+        from .checkpoint import save_checkpoint
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, source = tempfile.mkstemp(prefix=".source-", suffix=".pt", dir=self.path.parent)
+        os.close(fd)
+        save_checkpoint(source, self._model, self._cfg)
+        package_root = str(Path(__file__).resolve().parent.parent)  # meres_core importable in the child
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
+        command = [sys.executable, "-m", "meres_core.compiled", source, "--out", str(self.path),
+                   "--precision", str(self._dtype).removeprefix("torch."), "--parent", str(os.getpid())]
+        with open(self.path.with_suffix(".log"), "wb") as log_file:
+            self._process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL)
+        self._started = time.perf_counter()
+        log.info("backend auto: compiling the image path in the background (pid %d, nice 19) after %d eager calls; "
+                 "eager PyTorch serves until it lands in %s", self._process.pid, self._calls, self.path)
+
+    def _finish(self) -> None:
+        code, self._process = self._process.returncode, None
+        if code == 0 and self.path.is_file():
+            self._runner = torch._inductor.aoti_load_package(str(self.path))
+            log.info("backend auto: switched to the compiled image path (compiled in the background in %.0f s)",
+                     time.perf_counter() - self._started)
+            return
+        log_tail = self.path.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-3:]
+        log.warning("backend auto: compiling the image path failed (exit code %s: %s); eager PyTorch keeps serving. "
+                    "It needs a C++ compiler (g++); remove %s to try again on the next start", code,
+                    " | ".join(log_tail), self.failed_note)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """The child's watchdog: a compilation nobody will load is not worth the CPU."""
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(3)
+
+    threading.Thread(target=watch, name="parent_watchdog", daemon=True).start()
+
+
+def main(argv=None) -> int:
+    """Compile SOURCE's image path to --out: the child process of BackgroundCompile."""
+    from .checkpoint import build_from_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m meres_core.compiled", description=main.__doc__)
+    parser.add_argument("source", help="checkpoint of the model to compile (deleted once loaded)")
+    parser.add_argument("--out", required=True, help="the package file")
+    parser.add_argument("--precision", choices=("float32", "bfloat16", "float16"), default="float32")
+    parser.add_argument("--parent", type=int, help="exit when this process is gone")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.parent:
+        _exit_with_parent(args.parent)
+    os.nice(19)
+    out = Path(args.out)
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process compiling the same package: wait for it
+        if out.is_file():
+            Path(args.source).unlink(missing_ok=True)
+            return 0
+        try:
+            model, _, _ = build_from_checkpoint(args.source)
+        finally:
+            Path(args.source).unlink(missing_ok=True)
+        dtype = getattr(torch, args.precision)
+        try:
+            compile_package(model.to(dtype), dtype, torch.device("cpu"), out)
+        except Exception as error:  # noqa: BLE001 - the compiler's failures are many: note any, so no start retries
+            out.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
+            raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 Guidance = Literal["le", "enhanced_le", "ve", "enhanced_le_all_pixels", "enhanced_le_ve"]
 Selection = Literal["topk", "sigmoid", "none"]
-Backend = Literal["torch", "onnx", "compiled"]
+Backend = Literal["torch", "onnx", "compiled", "auto"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 T = TypeVar("T")
 
@@ -149,7 +149,9 @@ class InferenceConfig:
     # The image path (vision encoder, extractor, decoder) in PyTorch (eager), an ONNX export of it
     # run by onnxruntime (meres_core/export_onnx.py; onnx_path: that file, null: exported at
     # start-up), or compiled ahead of time by AOTInductor, once per model and machine and cached
-    # (meres_core/compiled.py). Not the default: the first start compiles for minutes on a small CPU.
+    # (meres_core/compiled.py; the first start compiles for minutes on a small CPU), or auto: the
+    # compiled package when cached, eager while a background process compiles it (CPU; eager on CUDA).
+    # The library's default stays eager; the commands and the node default to auto (model_source.py).
     backend: Backend = "torch"
     onnx_path: Optional[str] = None
 

@@ -111,6 +111,8 @@ class Segmenter:
         language encoder stays in PyTorch, cached); without a path it is exported at start-up.
         backend "compiled" runs it as an AOTInductor package at this precision, compiled on
         the first start for this model and machine and cached (meres_core/compiled.py).
+        backend "auto" (CPU) runs that package when it is cached, else eager while a background
+        process compiles it (compiled.BackgroundCompile); on CUDA it is eager.
         """
         inf = cfg.inference
         self.cfg = cfg
@@ -124,6 +126,7 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.backend = backend or inf.backend
         self._image_path = None  # vision, extractor and decoder in one graph (onnx / compiled), else eager
+        self._background = None  # backend auto: the compiled graph once it is in the cache (compiled.BackgroundCompile)
         if self.backend == "onnx":
             from .export_onnx import OnnxImagePath, temporary_export
 
@@ -133,12 +136,21 @@ class Segmenter:
             from .compiled import CompiledImagePath
 
             self._image_path = CompiledImagePath(self.model, self.dtype, self.device)
-        elif self.backend != "torch":
+        elif self.backend == "auto" and self.device.type == "cpu":  # on CUDA auto is eager (compiling for it is unmeasured)
+            from .compiled import BackgroundCompile
+
+            self._background = BackgroundCompile(self.model, cfg, self.dtype, self.device)
+        elif self.backend not in ("torch", "auto"):
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         # The model's own decision settings; a call may pass others.
         self.decision = Decision.from_config(inf)
         self.cache_size = inf.text_cache_size
         self._text_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    @property
+    def image_path_state(self) -> str:
+        """What runs the image path now: torch, onnx, compiled, or auto's state (compiled.BackgroundCompile.state)."""
+        return self._background.state if self._background else self.backend
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs) -> "Segmenter":
@@ -203,8 +215,9 @@ class Segmenter:
             text, valid = self._text_features(expressions)
             t1 = self._sync()
             pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)
-            if self._image_path is not None:  # vision, extractor and decoder in one graph: timed as "vision"
-                logits = self._image_path(pixels, text, valid)
+            image_path = self._image_path or (self._background.runner() if self._background else None)
+            if image_path is not None:  # vision, extractor and decoder in one graph: timed as "vision"
+                logits = image_path(pixels, text, valid)
                 t2 = t3 = self._sync()
             else:
                 features = self.model.encode_image(pixels)

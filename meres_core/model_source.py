@@ -10,8 +10,9 @@ of the same names default to the same values (meres_ros/interface.py reads them 
     --device auto|cpu|cuda[:N]
     --precision auto|fp16|bf16|fp32
     --threads N               CPU threads of the model (0: automatic)
-    --backend torch|onnx|compiled
-                              how the image path runs (default: the model's own, eager torch)
+    --backend auto|torch|onnx|compiled
+                              how the image path runs (default: auto, the compiled package once a
+                              background process has compiled it, eager until then)
     --mask-threshold / --presence-threshold / --ambiguity-ratio
                               default: the model's own (the inference section of its config)
 
@@ -43,7 +44,9 @@ class ModelSource:
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0  # CPU threads of the model's kernels (torch intra-op); 0: automatic (cpu_threads)
-    backend: str = ""  # torch | onnx | compiled; "": the model's own (inference.backend, torch unless set)
+    # auto | torch | onnx | compiled; "": the model's own (inference.backend, torch unless set). auto, not the
+    # model's own eager default: a long-running process gets the compiled speed without a first start's wait.
+    backend: str = "auto"
 
     def describe(self) -> str:
         origin = f"preset {self.preset!r} (random weights, seed {self.seed})" if self.preset else f"checkpoint {self.checkpoint!r}"
@@ -95,9 +98,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=int, default=DEFAULT.threads,
                        help="CPU threads of the model's kernels; 0: automatic (default: 0)")
     group.add_argument("--backend", default=DEFAULT.backend, choices=["", *BACKENDS], metavar="BACKEND",
-                       help="how the image path runs: torch (eager), onnx (onnxruntime) or compiled (AOTInductor, "
-                            "compiled on the first start for this model and machine, then cached); "
-                            "default: the model's own (torch)")
+                       help="how the image path runs: torch (eager), onnx (onnxruntime), compiled (AOTInductor, "
+                            "compiled on the first start for this model and machine, then cached), auto (the "
+                            "compiled package when cached; eager while a background process compiles it, CPU only) "
+                            "or '' (the model's own: torch unless its config says otherwise); default: auto")
 
 
 def add_decision_arguments(parser: argparse.ArgumentParser) -> None:

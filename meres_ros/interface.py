@@ -131,9 +131,10 @@ PARAMETERS = {
                                                    "core, or OMP_NUM_THREADS). "
                                                    "Read at configure.", int_range=(0, 1024))),
     "backend": (DEFAULT_MODEL.backend, _descriptor(
-        "How the image path runs: torch (eager), onnx (onnxruntime) or compiled (AOTInductor: compiled for this model "
-        "and machine on the first configure, minutes on a small CPU, then loaded from the cache); empty = the model's "
-        "own (torch unless its config says otherwise). Read at configure.", constraints=", ".join(BACKENDS))),
+        "How the image path runs: auto (default: the compiled package when cached for this model and machine; until "
+        "then eager while a background process at nice 19 compiles it, from the 50th frame on; eager on CUDA), torch "
+        "(eager), onnx (onnxruntime) or compiled (AOTInductor: compiled on the first configure, minutes on a small CPU, "
+        "then loaded from the cache); empty = the model's own (torch unless its config says otherwise). Read at configure.", constraints=", ".join(BACKENDS))),
     "mask_threshold": (Parameter.Type.DOUBLE, _descriptor(
         "Probability above which a pixel belongs to the mask. Unset: the model's own "
         "(inference.mask_threshold of its config).", float_range=(0.0, 1.0))),

@@ -853,6 +853,7 @@ class MeresNode(LifecycleNode):
         if segmenter is not None:
             decision = self._settings.decision(segmenter)
             details.update({"device": str(segmenter.device), "precision": str(segmenter.dtype).removeprefix("torch."),
+                            "image path": segmenter.image_path_state,
                             "mask_threshold": f"{decision.mask_threshold:g}",
                             "presence_threshold": f"{decision.presence_threshold:g}",
                             "ambiguity_ratio": f"{decision.ambiguity_ratio:g}",

@@ -1,8 +1,12 @@
 import logging
 import os
+import tempfile
 
 # Tests never reach a model hub: offline fallbacks are immediate instead of retried.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Compiled packages (backend auto / compiled, meres_core/compiled.py) of the tests' random models go to a
+# folder of this run, neither read from nor left in the user's cache; node processes inherit it.
+os.environ.setdefault("MERES_CACHE_DIR", tempfile.mkdtemp(prefix="meres-test-cache-"))
 
 import numpy as np
 import pytest

@@ -1,7 +1,9 @@
-"""The Segmenter's `compiled` backend (AOTInductor): the eager masks, compiled once per model and machine.
+"""The Segmenter's `compiled` backend (AOTInductor): the eager masks, compiled once per model and machine;
+and `auto`, which serves eager until a background process has compiled that package.
 
-One compilation of the tiny preset (about a minute on 2 cores); every other check reuses it.
+One compilation of the tiny preset (about a minute on 2 cores, in auto's child); every other check reuses it.
 """
+import logging
 import os
 import shutil
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from meres_core.compiled import CompiledImagePath, package_key
+from meres_core.compiled import COMPILE_AFTER_CALLS, BackgroundCompile, CompiledImagePath, package_key
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
 
@@ -21,27 +23,60 @@ def tiny(make_tiny_with_deviations):
     return make_tiny_with_deviations()
 
 
-@pytest.mark.skipif(not (os.environ.get("CXX") or any(map(shutil.which, ("g++", "clang++", "c++")))),
-                    reason="the compiled backend needs a C++ compiler")
-def test_compiled_backend_gives_the_eager_masks_and_compiles_once(tiny, scene, tmp_path, monkeypatch):
+HAS_COMPILER = bool(os.environ.get("CXX") or any(map(shutil.which, ("g++", "clang++", "c++"))))
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the compiled backend needs a C++ compiler")
+def test_auto_serves_eager_then_the_package_compiled_in_the_background(tiny, scene, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("MERES_CACHE_DIR", str(tmp_path))
     model, cfg = tiny
     eager = Segmenter(model, cfg, device="cpu", precision="fp32")
-    first = Segmenter(model, cfg, device="cpu", precision="fp32", backend="compiled")
-    assert first._image_path.compiled_now
+    auto = Segmenter(model, cfg, device="cpu", precision="fp32", backend="auto")
+    for _ in range(COMPILE_AFTER_CALLS - 1):  # a short-lived process never starts a compilation
+        auto.segment(scene, SENTENCES[0])
+    assert auto._background._process is None and not any((tmp_path / "compiled").glob("*.pt2"))
+    with caplog.at_level(logging.INFO, logger="meres_core.compiled"):
+        served_meanwhile = auto.segment(scene, SENTENCES)
+        assert auto.image_path_state == "torch (compiling in the background)"
+        for a, b in zip(eager.segment(scene, SENTENCES), served_meanwhile):
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)  # eager serves while the child compiles
+        assert auto._background.wait(timeout=600) is not None
+        assert auto.image_path_state == "compiled" and "switched to the compiled image path" in caplog.text
+    # The foreground backend and a later auto start find the child's package: the same key, no compilation.
     again = Segmenter(model, cfg, device="cpu", precision="fp32", backend="compiled")
-    assert not again._image_path.compiled_now and again._image_path.path == first._image_path.path
-    assert [p.name for p in (tmp_path / "compiled").iterdir()] == [first._image_path.path.name]
+    assert not again._image_path.compiled_now and again._image_path.path == auto._background.path
+    assert Segmenter(model, cfg, device="cpu", precision="fp32", backend="auto").image_path_state == "compiled"
+    assert [p.name for p in (tmp_path / "compiled").glob("*.pt2")] == [again._image_path.path.name]
     # One package serves any sentence and token count (neither batch is the export example's).
     for sentences in (SENTENCES[:1], SENTENCES):
-        for a, b in zip(eager.segment(scene, sentences), again.segment(scene, sentences)):
+        for a, b, c in zip(eager.segment(scene, sentences), again.segment(scene, sentences), auto.segment(scene, sentences)):
             np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+            np.testing.assert_allclose(b.probability, c.probability, atol=1e-6)
             assert (a.mask == b.mask).all() and a.found == b.found and a.centroid == b.centroid
     # Text features of fewer tokens than the export's minimum ([CLS] [SEP] of an emptied sentence).
     pixels, text, valid = torch.randn(1, 3, 64, 64), torch.randn(2, 2, model.text.dim), torch.ones(2, 2, dtype=torch.bool)
     with torch.inference_mode():
         expected = eager.model.decode(eager.model.encode_image(pixels), text, valid).logits
         torch.testing.assert_close(again._image_path(pixels, text, valid), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_auto_keeps_serving_eager_when_the_background_compilation_fails(tiny, scene, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))  # inherited by the child, as a missing g++
+    model, cfg = tiny
+    eager = Segmenter(model, cfg, device="cpu", precision="fp32")
+    auto = Segmenter(model, cfg, device="cpu", precision="fp32", backend="auto")
+    background = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=tmp_path, compile_after_calls=1)
+    auto._background = background
+    with caplog.at_level(logging.WARNING, logger="meres_core.compiled"):
+        auto.segment(scene, SENTENCES[0])
+        assert background.wait(timeout=600) is None
+    assert "compiling the image path failed" in caplog.text and background.failed_note.is_file()
+    assert background.state.startswith("torch (compiling failed")
+    for a, b in zip(eager.segment(scene, SENTENCES), auto.segment(scene, SENTENCES)):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+    # A later start does not try again (the note says how to).
+    later = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=tmp_path, compile_after_calls=1)
+    assert later.runner() is None and later._process is None
 
 
 def test_another_model_or_precision_gets_another_package(tiny):

@@ -90,8 +90,10 @@ def reference_segmentation(checkpoint, rgb, expression, presence_threshold=0.0):
 
 
 def node_parameters(checkpoint, **overrides):
+    # backend torch, not the default auto: past its 50th frame a node would switch to a compiled package
+    # midway through the module (auto is tested in test_compiled.py).
     return {"checkpoint": str(checkpoint), "device": "cpu", "precision": "fp32", "threads": 1, "max_rate": 0.0,
-            "presence_threshold": 0.0, **overrides}
+            "presence_threshold": 0.0, "backend": "torch", **overrides}
 
 
 @pytest.fixture(scope="module")
@@ -577,6 +579,7 @@ def test_diagnostics_report_health(node):
     assert "meres" in status.name and status.hardware_id == "cpu"
     assert values["device"] == "cpu" and values["precision"] == "float32" and "checkpoint" in values["model"]
     assert values["torch threads"] == "1"  # the threads parameter, applied before the model was built
+    assert values["image path"] == "torch"
     assert float(values["latency p50 (ms)"]) > 0 and float(values["latency p95 (ms)"]) >= float(values["latency p50 (ms)"])
     assert {"image rate (Hz)", "depth rate (Hz)", "result rate (Hz)", "frames dropped", "last error"} <= set(values)
     # No image for more than image_timeout (3 s): WARN; images again: OK.
