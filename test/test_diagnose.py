@@ -46,3 +46,17 @@ def test_diagnose_answers_every_sentence_and_its_rates_match_its_outcomes(heldou
         assert sum(g["n"] for g in by_category) == sum(counts.values())
         assert round(sum(g["on_target"] * g["n"] for g in by_category)) == counts.get("on target", 0)
     assert written["summary"] == summary
+
+
+def test_spatial_wording_reads_every_meres_synth_template():
+    from meres_core.data.synthetic.vocabulary import EXTREME, NOUNS, RELATION_TEMPLATES, RELATION_WORDS
+
+    for templates in EXTREME.values():
+        for template in templates:
+            assert diagnose.spatial_wording(template.format(np="red circle")) == "edge", template
+    for relation, words in RELATION_WORDS.items():
+        for template in RELATION_TEMPLATES:
+            for word in words:
+                for landmark in ("blue square", *(f"green {noun}" for noun in NOUNS[None])):
+                    sentence = template.format(np="red circle", rel=word, lm=landmark)
+                    assert diagnose.spatial_wording(sentence) == ("nearest" if relation == "nearest" else "side of"), sentence

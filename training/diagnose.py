@@ -9,12 +9,14 @@ OUTCOMES: a present target answered "not found", or a grasp point that landed on
 the target's shape (the group is found, the member is wrong: "the second circle" on the third
 circle), of its colour, on another object or on background; an absent sentence rejected or found.
 Centroid-on-target rates are broken down per kind by the target's category, colour, area (bins of
-AREA_BIN px) and the scene's object count, and the presence score of every answer is kept.
+AREA_BIN px), the scene's object count and, for spatial sentences, their wording (an edge, a side of a
+landmark, nearest a landmark), and the presence score of every answer is kept.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,7 +33,24 @@ from .scenes import load_scenes, scene_arguments
 OUTCOMES = ("on target", "not found", "same shape", "same colour", "other object", "background",
             "rejected", "found absent")
 AREA_BIN = 3000  # px: the held-out diagnosis of stage 10 split small targets at 3000
+# A spatial sentence names an edge ("the leftmost circle", "the circle nearest the left edge") or a
+# landmark: a side of it ("the circle left of the red square") or nearness ("the circle closest to
+# the red square"). Landmarks are colour / shape phrases, never a side, so "closest to the left side"
+# stays an edge.
+_SIDE = r"(?!(left|right|top|bottom)\b)"
+_NEAREST = re.compile(rf"\b(closest to|nearest to|nearest|next to|beside) the {_SIDE}")
+_SIDE_OF = re.compile(rf"\b(left of|right of|above|over|higher than|below|under|beneath|lower than) the {_SIDE}")
+
+
+def spatial_wording(sentence: str) -> str:
+    """'nearest', 'side of' (a landmark) or 'edge' for a spatial sentence (meres-synth and held-out wordings)."""
+    if _NEAREST.search(sentence):
+        return "nearest"
+    return "side of" if _SIDE_OF.search(sentence) else "edge"
+
+
 BREAKDOWNS: dict[str, Callable[[dict], object]] = {
+    "spatial wording": lambda row: spatial_wording(row["sentence"]) if row["kind"] == "spatial" else "-",
     "category": lambda row: row["category"],
     "colour": lambda row: row["colour"],
     "area_bin": lambda row: min(row["area"] // AREA_BIN, 6),  # 6: 18000 px and more
