@@ -101,3 +101,31 @@ def test_a_failed_compilation_names_the_fallback(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(compiled, "compile_package", no_compiler)
     with pytest.raises(RuntimeError, match="C\\+\\+ compiler.*backend 'torch'"):
         CompiledImagePath(tiny[0], torch.float32, torch.device("cpu"), directory=tmp_path)
+
+
+PARENT = """
+import os, sys
+from meres_core.compiled import BackgroundCompile
+from meres_core.inference import Segmenter
+segmenter = Segmenter.from_preset("tiny", device="cpu", precision="fp32")
+background = BackgroundCompile(segmenter.model, segmenter.cfg, segmenter.dtype, segmenter.device,
+                               directory=sys.argv[1], compile_after_calls=1)
+background.runner()
+print(background._process.pid, flush=True)
+os._exit(0)  # gone without a word: a killed node
+"""
+
+
+def test_the_background_compilation_ends_with_its_process(tmp_path):
+    """A compilation nobody will load stops, and leaves no copy of the weights behind."""
+    import subprocess
+    import sys
+    import time
+
+    parent = subprocess.run([sys.executable, "-c", PARENT, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    child = int(parent.stdout.split()[-1])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{child}"):
+        time.sleep(0.2)
+    assert not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]
+    assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".source-*"))
