@@ -174,6 +174,23 @@ def read_sentence(tokens: list[str]) -> dict:
             "rank": first(ranks), "size": first(sizes), "two_only": bool(TWO_ONLY_WORDS & set(tokens))}
 
 
+# Relation phrases (the test's own list) -> (axis, sign of the target's offset from the landmark), None: nearness.
+RELATION_PHRASES = {("left", "of"): (0, -1), ("right", "of"): (0, 1), ("above",): (1, -1), ("over",): (1, -1),
+                    ("below",): (1, 1), ("under",): (1, 1), ("next", "to"): None, ("closest", "to"): None,
+                    ("nearest", "to"): None}
+
+
+def split_relation(tokens: list[str]):
+    """(subject tokens, relation, landmark tokens) when the sentence relates its target to a named object,
+    else None ("closest to the left edge" names an edge, no object)."""
+    for start in range(len(tokens)):
+        for phrase, relation in RELATION_PHRASES.items():
+            tail = tokens[start + len(phrase):]
+            if tuple(tokens[start:start + len(phrase)]) == phrase and set(tail) & (set(hs.CATEGORIES) | set(hs.SHADES)):
+                return tokens[:start], relation, tail
+    return None
+
+
 def test_every_sentence_picks_out_its_target(written):
     _, meta, refs, instances = written
     names = {c["id"]: c["name"] for c in instances["categories"]}
@@ -182,10 +199,11 @@ def test_every_sentence_picks_out_its_target(written):
         objects[ann["id"]] = (ann["image_id"], names[ann["category_id"]], ann["color"], ann["area"],
                               centroid(decode(ann["segmentation"])))
     margin = hs.POSITION_MARGIN * W
-    checked = 0
+    checked = relations_checked = 0
     for ref in refs:
         for sentence in ref["sentences"]:
-            said, kind = read_sentence(sentence["tokens"]), sentence["kind"]
+            related = split_relation(sentence["tokens"])
+            said, kind = read_sentence(related[0] if related else sentence["tokens"]), sentence["kind"]
             members = [i for i, (image_id, category, color, _, _) in objects.items()
                        if image_id == ref["image_id"] and said["category"] in (None, category)
                        and said["color"] in (None, color)]
@@ -200,6 +218,25 @@ def test_every_sentence_picks_out_its_target(written):
                 assert said["category"] and not said["color"] and members == [target]
             elif kind == "attribute":
                 assert said["color"] and members == [target]
+            elif related:
+                _, relation, landmark_tokens = related
+                named = read_sentence(landmark_tokens)
+                landmarks = [i for i, (image_id, category, color, _, _) in objects.items()
+                             if image_id == ref["image_id"] and named["category"] in (None, category)
+                             and named["color"] in (None, color)]
+                assert kind == "spatial" and len(landmarks) == 1 and target != landmarks[0], sentence["raw"]
+                landmark = np.array(objects[landmarks[0]][4])
+                rivals = [i for i in members if i not in (target, landmarks[0])]
+                assert rivals, sentence["raw"]  # without one the name alone would do
+                if relation is None:
+                    near = np.linalg.norm(np.array(objects[target][4]) - landmark)
+                    assert all(np.linalg.norm(np.array(objects[i][4]) - landmark) >= hs.NEAREST_RATIO * near
+                               for i in rivals), sentence["raw"]
+                else:
+                    axis, sign = relation
+                    offset = {i: sign * (objects[i][4][axis] - landmark[axis]) for i in members}
+                    assert offset[target] >= margin and all(offset[i] <= -margin for i in rivals), sentence["raw"]
+                relations_checked += 1
             elif kind in ("spatial", "ordinal"):
                 axis = 0 if said["side"] in ("left", "right") else 1
                 sign = -1 if said["side"] in ("right", "bottom") else 1  # distance from that side grows
@@ -223,6 +260,7 @@ def test_every_sentence_picks_out_its_target(written):
                 raise AssertionError(kind)
             checked += 1
     assert checked == meta["sentences"] - meta["kinds"]["absent"] > 0
+    assert relations_checked >= 0.3 * meta["kinds"]["spatial"]  # both spatial forms are asked
 
 
 def test_refs_layout_meta_and_balance(written):

@@ -63,8 +63,9 @@ def main(argv=None) -> None:
     if not (synthetic / "meta.json").is_file():
         scenes_in_test_split(synthetic, SYNTHETIC_TEST["images"], SYNTHETIC_TEST["seed"],
                              absent_fraction=SYNTHETIC_TEST["absent_fraction"])
-    if not (heldout / "meta.json").is_file():
-        heldout_scenes.generate(heldout, HELDOUT["images"], seed=HELDOUT["seed"])
+    meta = heldout / "meta.json"
+    if not meta.is_file() or json.loads(meta.read_text()).get("version") != heldout_scenes.VERSION:
+        heldout_scenes.generate(heldout, HELDOUT["images"], seed=HELDOUT["seed"])  # missing, or an older renderer's
     work = Path(args.work)
     report = {"checkpoint": args.checkpoint,
               "synthetic_test": evaluate_on(args.checkpoint, synthetic, work / "demo_synthetic_test",

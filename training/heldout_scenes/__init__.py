@@ -5,7 +5,8 @@ its textures, shades and sentence templates scores well on its own test split an
 this renderer is the "elsewhere". It imports nothing from meres-synth and differs on purpose:
 Pillow's ImageDraw instead of OpenCV, its own upright outlines (no rotation jitter), plain / linear
 gradient / striped backgrounds over wide hue and brightness ranges, other RGB shades of the same
-colour names, flat fills without noise or blur, objects that never touch, and plainer wording.
+colour names, flat fills without noise or blur, objects that never touch, and plainer wording
+(relations to a landmark included: "the circle next to the red square").
 Each object is drawn once, as a mask (4x supersampled, each pixel by majority); the image takes
 its flat colour on exactly those pixels, so image and annotation cannot disagree.
 Only the vocabulary is shared, because the model must know the words: the seven category names
@@ -29,11 +30,11 @@ the drawn masks: a present one selects exactly its target with a clear margin, a
 from .drawing import (CROSS_HALF_WIDTH, GAP, HEART_SIDE, HEXAGON_RADIUS, MIN_CONTRAST, SCALE_RANGE, SCENE_OBJECTS,
                       SQUARE_HALF_SIDE, STAR_INNER, STAR_RADIUS, TRIANGLE_RADIUS, draw_mask, outline_parts, parts_box,
                       render_scene)
-from .sentences import POSITION_MARGIN, SIZE_RATIO
+from .sentences import NEAREST_RATIO, POSITION_MARGIN, SIZE_RATIO
 from .vocabulary import CATEGORIES, CATEGORY_IDS, KINDS, ORDINALS, SHADES
-from .writer import GENERATOR, generate, image_file_name, main
+from .writer import GENERATOR, VERSION, generate, image_file_name, main
 
 __all__ = ["CATEGORIES", "CATEGORY_IDS", "CROSS_HALF_WIDTH", "GAP", "GENERATOR", "HEART_SIDE", "HEXAGON_RADIUS",
-           "KINDS", "MIN_CONTRAST", "ORDINALS", "POSITION_MARGIN", "SCALE_RANGE", "SCENE_OBJECTS", "SHADES",
-           "SIZE_RATIO", "SQUARE_HALF_SIDE", "STAR_INNER", "STAR_RADIUS", "TRIANGLE_RADIUS", "draw_mask", "generate",
+           "KINDS", "MIN_CONTRAST", "NEAREST_RATIO", "ORDINALS", "POSITION_MARGIN", "SCALE_RANGE", "SCENE_OBJECTS", "SHADES",
+           "SIZE_RATIO", "SQUARE_HALF_SIDE", "STAR_INNER", "STAR_RADIUS", "TRIANGLE_RADIUS", "VERSION", "draw_mask", "generate",
            "image_file_name", "main", "outline_parts", "parts_box", "render_scene"]

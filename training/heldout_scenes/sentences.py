@@ -10,10 +10,14 @@ import numpy as np
 
 from .drawing import DrawnObject
 from .vocabulary import (ATTRIBUTE_TEMPLATES, CATEGORIES, CATEGORY_TEMPLATES, COLORS, KINDS, ORDINAL_TEMPLATES,
-                         ORDINALS, SIDES, SIZE_TEMPLATES, SPATIAL_TEMPLATES)
+                         ORDINALS, RELATION_TEMPLATES, RELATIONS, SIDES, SIZE_TEMPLATES, SPATIAL_TEMPLATES)
 
 POSITION_MARGIN = 0.05  # of the width: target vs nearest rival centroid, for side and order words
 SIZE_RATIO = 1.4  # target area vs runner-up area for size words
+NEAREST_RATIO = 1.5  # "next to the <landmark>": every rival at least this much farther from it than the target
+# A side of a landmark: along that axis the target's centroid lies POSITION_MARGIN beyond the landmark's, and
+# every rival's POSITION_MARGIN on the other side of it.
+RELATION_AXES = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 SENTENCES_PER_KIND = 1  # per image; a kind a scene cannot offer is made up in the next scenes
 MAX_PER_KIND = 3  # per image, so that making up does not crowd one scene with one kind
 
@@ -26,6 +30,8 @@ class Description:
     category: Optional[str] = None
     color: Optional[str] = None
     side: Optional[str] = None  # spatial: the extreme on this side; ordinal: counted from it
+    relation: Optional[str] = None  # spatial, instead of a side: RELATIONS, to the landmark
+    landmark: Optional[tuple[Optional[str], Optional[str]]] = None  # its unique (category, colour) name
     rank: Optional[int] = None  # ordinal: 0 = first
     size: Optional[str] = None  # "big" | "small"
     members: int = 0  # how many objects the base set holds (wording of size: "the bigger" needs two)
@@ -72,6 +78,7 @@ def present_candidates(objects: list[DrawnObject], width: int) -> dict[str, list
                                                                  members=len(members))))
                 found["ordinal"].append((target, Description("ordinal", category, color, side=side, rank=rank,
                                                              members=len(members))))
+        found["spatial"].extend(_relations(objects, members, category, color, margin))
         by_area = sorted(members, key=lambda i: objects[i].area, reverse=True)
         areas = [objects[i].area for i in by_area]
         if areas[0] >= SIZE_RATIO * areas[1]:
@@ -80,6 +87,45 @@ def present_candidates(objects: list[DrawnObject], width: int) -> dict[str, list
         if areas[-2] >= SIZE_RATIO * areas[-1]:
             found["size"].append((by_area[-1], Description("size", category, color, size="small",
                                                            members=len(members))))
+    return found
+
+
+def _unique_name(objects: list[DrawnObject], index: int) -> Optional[tuple[Optional[str], Optional[str]]]:
+    """The shortest name (category, colour; None = unsaid) that picks out only objects[index]."""
+    obj = objects[index]
+    for name in ((obj.category, None), (None, obj.color), (obj.category, obj.color)):
+        if _members(objects, *name) == [index]:
+            return name
+    return None
+
+
+def _relations(objects: list[DrawnObject], members: list[int], category: Optional[str], color: Optional[str],
+               margin: float) -> list[tuple[int, Description]]:
+    """(target, description) for each landmark and relation that singles out one member: the others lie
+    clearly on the other side of the landmark, or clearly farther from it."""
+    found = []
+    centroids = np.array([o.centroid for o in objects], float)  # (N, 2) x, y
+    for landmark in range(len(objects)):
+        name = _unique_name(objects, landmark)
+        candidates = [i for i in members if i != landmark]
+        if name is None or len(candidates) < 2:  # with one candidate the base name alone would do
+            continue
+        for relation in RELATIONS:
+            if relation == "nearest":
+                distance = np.linalg.norm(centroids[candidates] - centroids[landmark], axis=1)
+                order = np.argsort(distance, kind="stable")
+                if distance[order[1]] < NEAREST_RATIO * distance[order[0]]:
+                    continue
+                target = candidates[order[0]]
+            else:
+                axis, sign = RELATION_AXES[relation]
+                offset = sign * (centroids[candidates, axis] - centroids[landmark, axis])  # > 0: on that side
+                beyond = [c for c, o in zip(candidates, offset) if o >= margin]
+                if len(beyond) != 1 or sum(o <= -margin for o in offset) != len(candidates) - 1:
+                    continue
+                target = beyond[0]
+            found.append((target, Description("spatial", category, color, relation=relation, landmark=name,
+                                              members=len(members))))
     return found
 
 
@@ -117,7 +163,9 @@ def _noun_phrase(rng: np.random.Generator, category: Optional[str], color: Optio
 
 def wording(rng: np.random.Generator, description: Description) -> str:
     kind = description.kind
-    if kind == "spatial":
+    if kind == "spatial" and description.relation:
+        template = _pick(rng, RELATION_TEMPLATES[description.relation])
+    elif kind == "spatial":
         template = _pick(rng, SPATIAL_TEMPLATES[description.side])
     elif kind == "ordinal":
         template = _pick(rng, ORDINAL_TEMPLATES)
@@ -130,14 +178,15 @@ def wording(rng: np.random.Generator, description: Description) -> str:
         template = _pick(rng, CATEGORY_TEMPLATES)
     else:  # attribute, or an absent colour + shape
         template = _pick(rng, ATTRIBUTE_TEMPLATES)
+    landmark = _noun_phrase(rng, *description.landmark) if description.landmark else None
     text = template.format(np=_noun_phrase(rng, description.category, description.color), side=description.side,
-                           ordinal=None if description.rank is None else ORDINALS[description.rank])
+                           ordinal=None if description.rank is None else ORDINALS[description.rank], lm=landmark)
     return "an" + text[1:] if text.startswith("a ") and text[2] in "aeiou" else text  # "an orange star"
 
 
 def _stratum(description: Description):
     """The facet of a kind that should come out evenly: side, rank, big / small, negative type, ..."""
-    return {"spatial": description.side, "ordinal": description.rank, "size": description.size,
+    return {"spatial": description.relation or description.side, "ordinal": description.rank, "size": description.size,
             "absent": description.absent_type, "attribute": description.category is None}.get(description.kind)
 
 

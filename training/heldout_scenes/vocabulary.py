@@ -33,6 +33,16 @@ SPATIAL_TEMPLATES = {
     "bottom": ("the lowest {np}", "the bottom {np}", "the {np} nearest the bottom",
                "the {np} closest to the bottom edge"),
 }
+# "The cup left of the laptop": a side of, or nearness to, a landmark named by its own unique name. Own
+# wordings; "next to" is one meres-synth never uses.
+RELATIONS = ("left of", "right of", "above", "below", "nearest")
+RELATION_TEMPLATES = {
+    "left of": ("the {np} to the left of the {lm}", "the {np} left of the {lm}"),
+    "right of": ("the {np} to the right of the {lm}", "the {np} right of the {lm}"),
+    "above": ("the {np} above the {lm}", "the {np} over the {lm}"),
+    "below": ("the {np} below the {lm}", "the {np} under the {lm}"),
+    "nearest": ("the {np} next to the {lm}", "the {np} closest to the {lm}", "the {np} nearest to the {lm}"),
+}
 ORDINAL_TEMPLATES = ("the {ordinal} {np} from the {side}", "the {np} {ordinal} from the {side}",
                      "the {ordinal} {np} when counting from the {side}")
 SIZE_TEMPLATES = {  # superlatives always; the positive and comparative only when there are two

@@ -20,6 +20,7 @@ from .sentences import Description, _choose, _sentence, wording
 from .vocabulary import ABSENT_TYPES, CATEGORY_IDS, KINDS
 
 GENERATOR = "training.heldout_scenes"
+VERSION = 2  # 2: spatial sentences also relate the target to a landmark ("the circle next to the red square")
 DATASET = "synth"  # folder and split_by name: ReferDataset(root, "synth", "synth", "test") reads it
 SPLIT = "test"
 
@@ -95,7 +96,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
     with open(out / DATASET / f"refs({DATASET}).p", "wb") as f:
         pickle.dump(refs, f, protocol=2)  # the protocol of the distributed REFER files
     meta = {
-        "generator": GENERATOR, "seed": seed, "num_images": num_images, "height": height, "width": width,
+        "generator": GENERATOR, "version": VERSION, "seed": seed, "num_images": num_images, "height": height, "width": width,
         "split": SPLIT, "annotations": len(annotations), "refs": len(refs), "sentences": sent_id,
         "kinds": {k: counts["kinds"][k] for k in KINDS},
         "absent_types": {t: counts["absent_types"][t] for t in ABSENT_TYPES},
