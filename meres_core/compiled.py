@@ -153,6 +153,7 @@ class BackgroundCompile:
         self._compile_after_calls = compile_after_calls
         self._calls = 0
         self._process: Optional[subprocess.Popen] = None
+        self._not_started = ""  # why no compilation could be started (an unwritable cache folder)
         self._started = 0.0
         self._runner: Optional[Callable] = None
         if self.path.is_file():
@@ -167,6 +168,8 @@ class BackgroundCompile:
             return "torch (compiling in the background)"
         if self.failed_note.is_file():
             return f"torch (compiling failed: {self.failed_note})"
+        if self._not_started:
+            return f"torch (no compilation: {self._not_started})"
         return "torch (compiles after %d calls)" % self._compile_after_calls
 
     def runner(self) -> Optional[Callable]:
@@ -174,8 +177,13 @@ class BackgroundCompile:
             return self._runner
         self._calls += 1
         if self._process is None:
-            if self._calls >= self._compile_after_calls and not self.failed_note.is_file():
-                self._start()
+            if self._calls >= self._compile_after_calls and not (self._not_started or self.failed_note.is_file()):
+                try:
+                    self._start()
+                except OSError as error:  # serving goes on eager: the compilation is an optimization
+                    self._not_started = f"{type(error).__name__}: {error}"
+                    log.warning("backend auto: could not start compiling the image path (%s); eager PyTorch keeps "
+                                "serving. Set MERES_CACHE_DIR to a writable folder", self._not_started)
         elif self._process.poll() is not None:
             self._finish()
         return self._runner

@@ -129,3 +129,16 @@ def test_the_background_compilation_ends_with_its_process(tmp_path):
         time.sleep(0.2)
     assert not os.path.exists(f"/proc/{child}") or "Z" in open(f"/proc/{child}/stat").read().split()[2]
     assert not list(tmp_path.glob("*.pt2")) and not list(tmp_path.glob(".source-*"))
+
+
+def test_auto_serves_eager_when_the_cache_cannot_be_written(tiny, scene, tmp_path, caplog):
+    model, cfg = tiny
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+    auto = Segmenter(model, cfg, device="cpu", precision="fp32")
+    auto._background = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=blocked / "compiled",
+                                         compile_after_calls=1)
+    with caplog.at_level(logging.WARNING, logger="meres_core.compiled"):
+        first, second = auto.segment(scene, SENTENCES[0]), auto.segment(scene, SENTENCES[0])
+    assert first[0].found == second[0].found and "could not start compiling" in caplog.text
+    assert auto.image_path_state.startswith("torch (no compilation: ") and auto._background._process is None
