@@ -155,9 +155,7 @@ class BackgroundCompile:
         self._process: Optional[subprocess.Popen] = None
         self._not_started = ""  # why no compilation could be started (an unwritable cache folder)
         self._started = 0.0
-        self._runner: Optional[Callable] = None
-        if self.path.is_file():
-            self._runner = torch._inductor.aoti_load_package(str(self.path))
+        self._runner: Optional[Callable] = self._load() if self.path.is_file() else None
 
     @property
     def state(self) -> str:
@@ -195,6 +193,16 @@ class BackgroundCompile:
             self._finish()
         return self._runner
 
+    def _load(self) -> Optional[Callable]:
+        """The cached package's runner; a package that does not load is removed (compiled again later)."""
+        try:
+            return torch._inductor.aoti_load_package(str(self.path))
+        except Exception as error:  # noqa: BLE001 - whatever a damaged file raises, eager can serve
+            log.warning("backend auto: could not load %s (%s: %s); removed it, eager PyTorch serves and compiles "
+                        "it again", self.path, type(error).__name__, error)
+            self.path.unlink(missing_ok=True)
+            return None
+
     def _start(self) -> None:
         from .checkpoint import save_checkpoint
 
@@ -216,7 +224,9 @@ class BackgroundCompile:
     def _finish(self) -> None:
         code, self._process = self._process.returncode, None
         if code == 0 and self.path.is_file():
-            self._runner = torch._inductor.aoti_load_package(str(self.path))
+            self._runner = self._load()
+            if self._runner is None:
+                return
             log.info("backend auto: switched to the compiled image path (compiled in the background in %.0f s)",
                      time.perf_counter() - self._started)
             return

@@ -142,3 +142,14 @@ def test_auto_serves_eager_when_the_cache_cannot_be_written(tiny, scene, tmp_pat
         first, second = auto.segment(scene, SENTENCES[0]), auto.segment(scene, SENTENCES[0])
     assert first[0].found == second[0].found and "could not start compiling" in caplog.text
     assert auto.image_path_state.startswith("torch (no compilation: ") and auto._background._process is None
+
+
+def test_auto_removes_a_package_that_does_not_load_and_serves_eager(tiny, scene, tmp_path, caplog):
+    model, cfg = tiny
+    eager = Segmenter(model, cfg, device="cpu", precision="fp32")
+    damaged = tmp_path / f"image_path_{package_key(eager.model, eager.dtype, eager.device)}.pt2"
+    damaged.write_bytes(b"not a package")
+    with caplog.at_level(logging.WARNING, logger="meres_core.compiled"):
+        background = BackgroundCompile(eager.model, cfg, eager.dtype, eager.device, directory=tmp_path)
+    assert "could not load" in caplog.text and not damaged.exists()
+    assert background.runner() is None and background.state == "torch (compiles after 50 calls)"
