@@ -153,7 +153,7 @@ class BackgroundCompile:
         self._compile_after_calls = compile_after_calls
         self._calls = 0
         self._process: Optional[subprocess.Popen] = None
-        self._not_started = ""  # why no compilation could be started (an unwritable cache folder)
+        self._gave_up = ""  # why this process compiles no more: a failed compilation, an unwritable cache folder
         self._started = 0.0
         self._runner: Optional[Callable] = self._load() if self.path.is_file() else None
 
@@ -164,10 +164,10 @@ class BackgroundCompile:
             return "compiled"
         if self._process is not None:
             return "torch (compiling in the background)"
+        if self._gave_up:
+            return f"torch ({self._gave_up})"
         if self.failed_note.is_file():
-            return f"torch (compiling failed: {self.failed_note})"
-        if self._not_started:
-            return f"torch (no compilation: {self._not_started})"
+            return f"torch (compiling failed on an earlier start: {self.failed_note})"
         return "torch (compiles after %d calls)" % self._compile_after_calls
 
     def runner(self) -> Optional[Callable]:
@@ -175,13 +175,13 @@ class BackgroundCompile:
             return self._runner
         self._calls += 1
         if self._process is None:
-            if self._calls >= self._compile_after_calls and not (self._not_started or self.failed_note.is_file()):
+            if self._calls >= self._compile_after_calls and not (self._gave_up or self.failed_note.is_file()):
                 try:
                     self._start()
                 except OSError as error:  # serving goes on eager: the compilation is an optimization
-                    self._not_started = f"{type(error).__name__}: {error}"
+                    self._gave_up = f"no compilation: {type(error).__name__}: {error}"
                     log.warning("backend auto: could not start compiling the image path (%s); eager PyTorch keeps "
-                                "serving. Set MERES_CACHE_DIR to a writable folder", self._not_started)
+                                "serving. Set MERES_CACHE_DIR to a writable folder", error)
         elif self._process.poll() is not None:
             self._finish()
         return self._runner
@@ -226,11 +226,14 @@ class BackgroundCompile:
         if code == 0 and self.path.is_file():
             self._runner = self._load()
             if self._runner is None:
+                self._gave_up = "the package compiled here did not load"
                 return
             log.info("backend auto: switched to the compiled image path (compiled in the background in %.0f s)",
                      time.perf_counter() - self._started)
             return
-        log_tail = self.path.with_suffix(".log").read_text(errors="replace").strip().splitlines()[-3:]
+        self._gave_up = f"compiling failed: exit code {code}"  # one try per process, whatever ended it
+        log_file = self.path.with_suffix(".log")
+        log_tail = log_file.read_text(errors="replace").strip().splitlines()[-3:] if log_file.is_file() else []
         log.warning("backend auto: compiling the image path failed (exit code %s: %s); eager PyTorch keeps serving. "
                     "It needs a C++ compiler (g++); remove %s to try again on the next start", code,
                     " | ".join(log_tail), self.failed_note)
