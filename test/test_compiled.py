@@ -153,3 +153,14 @@ def test_auto_removes_a_package_that_does_not_load_and_serves_eager(tiny, scene,
         background = BackgroundCompile(eager.model, cfg, eager.dtype, eager.device, directory=tmp_path)
     assert "could not load" in caplog.text and not damaged.exists()
     assert background.runner() is None and background.state == "torch (compiles after 50 calls)"
+
+
+def test_a_compilation_that_dies_is_not_started_again_by_the_same_process(tiny, tmp_path):
+    model, cfg = tiny
+    background = BackgroundCompile(model, cfg, torch.float32, torch.device("cpu"), directory=tmp_path,
+                                   compile_after_calls=1)
+    assert background.runner() is None and background._process is not None
+    background._process.kill()  # as the OOM killer would
+    assert background.wait(timeout=60) is None
+    assert background.runner() is None and background.runner() is None and background._process is None
+    assert background.state == "torch (compiling failed: exit code -9)"
