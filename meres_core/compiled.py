@@ -155,6 +155,7 @@ class BackgroundCompile:
         self._process: Optional[subprocess.Popen] = None
         self._gave_up = ""  # why this process compiles no more: a failed compilation, an unwritable cache folder
         self._started = 0.0
+        self._source: Optional[Path] = None  # the weights handed to the child
         self._runner: Optional[Callable] = self._load() if self.path.is_file() else None
 
     @property
@@ -209,6 +210,7 @@ class BackgroundCompile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, source = tempfile.mkstemp(prefix=".source-", suffix=".pt", dir=self.path.parent)
         os.close(fd)
+        self._source = Path(source)  # the child deletes it once loaded; _finish, if it died before
         save_checkpoint(source, self._model, self._cfg)
         package_root = str(Path(__file__).resolve().parent.parent)  # meres_core importable in the child
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
@@ -223,6 +225,7 @@ class BackgroundCompile:
 
     def _finish(self) -> None:
         code, self._process = self._process.returncode, None
+        self._source.unlink(missing_ok=True)
         if code == 0 and self.path.is_file():
             self._runner = self._load()
             if self._runner is None:

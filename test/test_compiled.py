@@ -164,3 +164,4 @@ def test_a_compilation_that_dies_is_not_started_again_by_the_same_process(tiny, 
     assert background.wait(timeout=60) is None
     assert background.runner() is None and background.runner() is None and background._process is None
     assert background.state == "torch (compiling failed: exit code -9)"
+    assert not list(tmp_path.glob(".source-*"))  # the weights it was handed are not left behind
