@@ -27,6 +27,9 @@ def test_outcome_names_what_the_grasp_point_landed_on():
     assert outcome(False, None, target, annotations, masks) == "not found"
     assert outcome(False, None, None, annotations, masks) == "rejected"
     assert outcome(True, (5.0, 5.0), None, annotations, masks) == "found absent"
+    # "the red shape left of the blue one": a point on the blue landmark is that, before its shape counts.
+    assert outcome(True, (25.0, 5.0), target, annotations, masks, landmark=2) == "landmark"
+    assert outcome(True, (5.0, 25.0), target, annotations, masks, landmark=2) == "same colour"
 
 
 def test_diagnose_answers_every_sentence_and_its_rates_match_its_outcomes(heldout, tmp_path):
@@ -48,15 +51,18 @@ def test_diagnose_answers_every_sentence_and_its_rates_match_its_outcomes(heldou
     assert written["summary"] == summary
 
 
-def test_spatial_wording_reads_every_meres_synth_template():
+def test_spatial_wording_and_landmark_read_every_meres_synth_template():
     from meres_core.data.synthetic.vocabulary import EXTREME, NOUNS, RELATION_TEMPLATES, RELATION_WORDS
 
     for templates in EXTREME.values():
         for template in templates:
             assert diagnose.spatial_wording(template.format(np="red circle")) == "edge", template
+            assert diagnose.landmark_name(template.format(np="red circle")) is None, template
     for relation, words in RELATION_WORDS.items():
         for template in RELATION_TEMPLATES:
             for word in words:
                 for landmark in ("blue square", *(f"green {noun}" for noun in NOUNS[None])):
                     sentence = template.format(np="red circle", rel=word, lm=landmark)
                     assert diagnose.spatial_wording(sentence) == ("nearest" if relation == "nearest" else "side of"), sentence
+                    assert diagnose.landmark_name(sentence) == (None if landmark.startswith("green") else "square",
+                                                                "green" if landmark.startswith("green") else "blue")

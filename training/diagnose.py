@@ -5,7 +5,8 @@ held-out renderer's scenes):
 
 `training.evaluate` says how often the grasp point is on target per kind; this says what happened
 otherwise. Each sentence's answer, through the deployed `Segmenter` (the node's call), is one of
-OUTCOMES: a present target answered "not found", or a grasp point that landed on another object of
+OUTCOMES: a present target answered "not found", or a grasp point that landed on the landmark a
+relational sentence names ("the circle left of the red square" on the square), on another object of
 the target's shape (the group is found, the member is wrong: "the second circle" on the third
 circle), of its colour, on another object or on background; an absent sentence rejected or found.
 Centroid-on-target rates are broken down per kind by the target's category, colour, area (bins of
@@ -25,12 +26,13 @@ import cv2
 import numpy as np
 
 from meres_core.data.refer import decode_segmentation, load_refs
+from meres_core.data.synthetic.vocabulary import COLOR_WORDS, NOUNS
 from meres_core.inference import Segmenter
 from meres_core.metrics import centroid_on_target
 
 from .scenes import load_scenes, scene_arguments
 
-OUTCOMES = ("on target", "not found", "same shape", "same colour", "other object", "background",
+OUTCOMES = ("on target", "not found", "landmark", "same shape", "same colour", "other object", "background",
             "rejected", "found absent")
 AREA_BIN = 3000  # px: the held-out diagnosis of stage 10 split small targets at 3000
 # A spatial sentence names an edge ("the leftmost circle", "the circle nearest the left edge") or a
@@ -40,6 +42,24 @@ AREA_BIN = 3000  # px: the held-out diagnosis of stage 10 split small targets at
 _SIDE = r"(?!(left|right|top|bottom)\b)"
 _NEAREST = re.compile(rf"\b(closest to|nearest to|nearest|next to|beside) the {_SIDE}")
 _SIDE_OF = re.compile(rf"\b(left of|right of|above|over|higher than|below|under|beneath|lower than) the {_SIDE}")
+
+
+# The landmark's words: meres-synth's nouns and colour words (the held-out renderer says the category names).
+_COLOUR_OF_WORD = {word: name for name, words in COLOR_WORDS.items() for word in words}
+_CATEGORY_OF_NOUN = sorted(((noun, category) for category, nouns in NOUNS.items() if category for noun in nouns),
+                           key=lambda pair: -len(pair[0]))  # "love heart" before "heart"
+
+
+def landmark_name(sentence: str) -> Optional[tuple[Optional[str], Optional[str]]]:
+    """(category, colour) of the object a relational sentence places its target by (None: unsaid); None when
+    the sentence names no landmark."""
+    match = _NEAREST.search(sentence) or _SIDE_OF.search(sentence)
+    if match is None:
+        return None
+    tail = sentence[match.end():]
+    colour = next((_COLOUR_OF_WORD[word] for word in tail.split() if word in _COLOUR_OF_WORD), None)
+    category = next((category for noun, category in _CATEGORY_OF_NOUN if re.search(rf"\b{noun}\b", tail)), None)
+    return (category, colour) if category or colour else None
 
 
 def spatial_wording(sentence: str) -> str:
@@ -59,10 +79,11 @@ BREAKDOWNS: dict[str, Callable[[dict], object]] = {
 
 
 def outcome(found: bool, centroid: Optional[tuple[float, float]], target: Optional[dict],
-            annotations: list[dict], masks: dict[int, np.ndarray]) -> str:
+            annotations: list[dict], masks: dict[int, np.ndarray], landmark: Optional[int] = None) -> str:
     """One answer's outcome (OUTCOMES). target: the referred annotation, None for an absent sentence;
-    annotations: the image's; masks: annotation id -> bool mask. A grasp point on two overlapping
-    objects counts for the first that is drawn on it."""
+    annotations: the image's; masks: annotation id -> bool mask; landmark: the id of the object the
+    sentence places its target by ("the circle left of the red square"), if any. A grasp point on two
+    overlapping objects counts for the first that is drawn on it."""
     if target is None:
         return "found absent" if found else "rejected"
     if not found:
@@ -73,6 +94,8 @@ def outcome(found: bool, centroid: Optional[tuple[float, float]], target: Option
     for ann in annotations:
         mask = masks[ann["id"]]
         if ann["id"] != target["id"] and 0 <= y < mask.shape[0] and 0 <= x < mask.shape[1] and mask[y, x]:
+            if ann["id"] == landmark:
+                return "landmark"
             if ann["category_id"] == target["category_id"]:
                 return "same shape"
             return "same colour" if ann.get("color") == target.get("color") else "other object"
@@ -100,7 +123,8 @@ def diagnose(segmenter: Segmenter, root: Path, split: Optional[str] = "test", im
             target = None if ref.get("no_target") else by_id[ref["ann_id"]]
             rows.append({
                 "image_id": info["id"], "sentence": sentence["sent"], "kind": sentence["kind"],
-                "outcome": outcome(result.found, result.centroid, target, annotations, masks),
+                "outcome": outcome(result.found, result.centroid, target, annotations, masks,
+                                   _landmark_id(sentence["sent"], annotations, names)),
                 "score": round(float(result.score), 4),
                 "category": names[target["category_id"]] if target else None,
                 "colour": target.get("color") if target else None,
@@ -108,6 +132,17 @@ def diagnose(segmenter: Segmenter, root: Path, split: Optional[str] = "test", im
                 "objects": len(annotations),
             })
     return rows
+
+
+def _landmark_id(sentence: str, annotations: list[dict], names: dict[int, str]) -> Optional[int]:
+    """The annotation a relational sentence names as its landmark (None: no landmark, or not a unique match)."""
+    name = landmark_name(sentence)
+    if name is None:
+        return None
+    category, colour = name
+    matches = [a["id"] for a in annotations
+               if category in (None, names[a["category_id"]]) and colour in (None, a.get("color"))]
+    return matches[0] if len(matches) == 1 else None
 
 
 def summarize(rows: list[dict]) -> dict:
