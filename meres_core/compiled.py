@@ -153,7 +153,9 @@ class BackgroundCompile:
         self._compile_after_calls = compile_after_calls
         self._calls = 0
         self._process: Optional[subprocess.Popen] = None
-        self._gave_up = ""  # why this process compiles no more: a failed compilation, an unwritable cache folder
+        # Why this process compiles nothing (more): a failed compilation, now or on an earlier start, an unwritable cache.
+        self._gave_up = (f"compiling failed on an earlier start: {self.failed_note}" if self.failed_note.is_file()
+                         else "")
         self._started = 0.0
         self._source: Optional[Path] = None  # the weights handed to the child
         self._runner: Optional[Callable] = self._load() if self.path.is_file() else None
@@ -167,8 +169,6 @@ class BackgroundCompile:
             return "torch (compiling in the background)"
         if self._gave_up:
             return f"torch ({self._gave_up})"
-        if self.failed_note.is_file():
-            return f"torch (compiling failed on an earlier start: {self.failed_note})"
         return "torch (compiles after %d calls)" % self._compile_after_calls
 
     def runner(self) -> Optional[Callable]:
@@ -176,7 +176,7 @@ class BackgroundCompile:
             return self._runner
         self._calls += 1
         if self._process is None:
-            if self._calls >= self._compile_after_calls and not (self._gave_up or self.failed_note.is_file()):
+            if self._calls >= self._compile_after_calls and not self._gave_up:
                 try:
                     self._start()
                 except OSError as error:  # serving goes on eager: the compilation is an optimization
@@ -237,9 +237,10 @@ class BackgroundCompile:
         self._gave_up = f"compiling failed: exit code {code}"  # one try per process, whatever ended it
         log_file = self.path.with_suffix(".log")
         log_tail = log_file.read_text(errors="replace").strip().splitlines()[-3:] if log_file.is_file() else []
-        log.warning("backend auto: compiling the image path failed (exit code %s: %s); eager PyTorch keeps serving. "
-                    "It needs a C++ compiler (g++); remove %s to try again on the next start", code,
-                    " | ".join(log_tail), self.failed_note)
+        retry = (f"it needs a C++ compiler (g++); remove {self.failed_note} to try again on the next start"
+                 if self.failed_note.is_file() else "the next start tries again")
+        log.warning("backend auto: compiling the image path failed (exit code %s: %s); eager PyTorch keeps serving; %s",
+                    code, " | ".join(log_tail), retry)
 
 
 def _exit_with_parent(parent: int) -> None:

@@ -77,6 +77,7 @@ def test_auto_keeps_serving_eager_when_the_background_compilation_fails(tiny, sc
     # A later start does not try again (the note says how to).
     later = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=tmp_path, compile_after_calls=1)
     assert later.runner() is None and later._process is None
+    assert later.state == f"torch (compiling failed on an earlier start: {later.failed_note})"
 
 
 def test_another_model_or_precision_gets_another_package(tiny):
@@ -152,7 +153,7 @@ def test_auto_removes_a_package_that_does_not_load_and_serves_eager(tiny, scene,
     with caplog.at_level(logging.WARNING, logger="meres_core.compiled"):
         background = BackgroundCompile(eager.model, cfg, eager.dtype, eager.device, directory=tmp_path)
     assert "could not load" in caplog.text and not damaged.exists()
-    assert background.runner() is None and background.state == "torch (compiles after 50 calls)"
+    assert background.runner() is None and background.state == f"torch (compiles after {COMPILE_AFTER_CALLS} calls)"
 
 
 def test_a_compilation_that_dies_is_not_started_again_by_the_same_process(tiny, tmp_path):
