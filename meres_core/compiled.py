@@ -19,7 +19,10 @@ without the first start's wait: it runs the cached package when there is one; ot
 eager PyTorch and, once the process has served COMPILE_AFTER_CALLS calls (a long-running node or
 replay, not a one-image command), compiles the package in a child process at the lowest CPU
 priority and switches to it when it lands. A failed compilation (no C++ compiler) leaves eager
-serving and a `.failed` note beside the package, so later starts do not try again.
+serving and a `.failed` note beside the package, so later starts do not try again. A package is
+not faster everywhere (the `paper` preset's ran 8% slower than eager bf16 on a 2-core AMX CPU), so
+`auto` first alternates the two on TRIAL_CALLS real calls each and keeps the package only when its
+median is lower; a slower one leaves a `.slower` note, and later starts neither load nor compile it.
 
     python -m meres_core.compiled SOURCE_CHECKPOINT --precision bf16 --out PACKAGE   # the child
 """
@@ -31,6 +34,7 @@ import hashlib
 import logging
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +55,9 @@ log = logging.getLogger(__name__)
 # Calls served eagerly before `auto` starts its background compilation: a node at a few frames per
 # second gets there in seconds; a command that segments one image never pays for a compilation.
 COMPILE_AFTER_CALLS = 50
+# Calls of each path that `auto` times, alternating, before it keeps the package or eager (after one
+# untimed call each: the first call of a path pays its one-off set-up).
+TRIAL_CALLS = 8
 FORMAT = 1  # bump when what is compiled changes, so old packages are not loaded
 
 
@@ -154,17 +161,23 @@ class BackgroundCompile:
         self._calls = 0
         self._process: Optional[subprocess.Popen] = None
         # Why this process compiles nothing (more): a failed compilation, now or on an earlier start, an unwritable cache.
+        self.slower_note = self.path.with_suffix(".slower")
         self._gave_up = (f"compiling failed on an earlier start: {self.failed_note}" if self.failed_note.is_file()
-                         else "")
+                         else f"compiled was slower here: {self.slower_note.read_text().strip()}"
+                         if self.slower_note.is_file() else "")
         self._started = 0.0
         self._source: Optional[Path] = None  # the weights handed to the child
-        self._runner: Optional[Callable] = self._load() if self.path.is_file() else None
+        self._runner: Optional[Callable] = None
+        # Seconds per call of each path while they are compared (None: decided, or no package yet).
+        self._trial: Optional[dict[bool, list[float]]] = None
+        if self.path.is_file() and not self.slower_note.is_file():
+            self._use(self._load())
 
     @property
     def state(self) -> str:
         """What serves now, for /diagnostics and logs."""
         if self._runner is not None:
-            return "compiled"
+            return "compiled" if self._trial is None else "compiled (timing it against torch)"
         if self._process is not None:
             return "torch (compiling in the background)"
         if self._gave_up:
@@ -173,6 +186,8 @@ class BackgroundCompile:
 
     def runner(self) -> Optional[Callable]:
         if self._runner is not None:
+            if self._trial is not None:  # alternate: the path with fewer timed calls runs next
+                return self._runner if len(self._trial[True]) <= len(self._trial[False]) else None
             return self._runner
         self._calls += 1
         if self._process is None:
@@ -187,12 +202,40 @@ class BackgroundCompile:
             self._finish()
         return self._runner
 
+    def record(self, compiled: bool, seconds: float) -> None:
+        """The image path's time on a call that `runner()` routed (compiled or eager); ends the trial once
+        both have TRIAL_CALLS timed calls, keeping the faster by median."""
+        if self._trial is None:
+            return
+        self._trial[compiled].append(seconds)
+        if min(map(len, self._trial.values())) <= TRIAL_CALLS:
+            return
+        compiled_ms, eager_ms = (1000 * statistics.median(self._trial[c][1:]) for c in (True, False))
+        self._trial = None
+        if compiled_ms < eager_ms:
+            log.info("backend auto: the compiled image path is faster here (%.1f vs %.1f ms median); it serves",
+                     compiled_ms, eager_ms)
+            return
+        verdict = f"{compiled_ms:.1f} vs {eager_ms:.1f} ms eager per call (median of {TRIAL_CALLS})"
+        self._runner, self._gave_up = None, f"compiled was slower here: {verdict}"
+        try:
+            self.slower_note.write_text(verdict + "\n")
+        except OSError:
+            pass  # this process has decided; a later one times it again
+        log.warning("backend auto: the compiled image path was slower than eager PyTorch here (%s); eager serves, "
+                    "and later starts skip the package (remove %s to time it again)", verdict, self.slower_note)
+
     def wait(self, timeout: float) -> Optional[Callable]:
         """Block until a started compilation ends (tests, benchmarks); -> the runner, None if none landed."""
         if self._process is not None:
             self._process.wait(timeout)
             self._finish()
         return self._runner
+
+    def _use(self, runner: Optional[Callable]) -> None:
+        """Serve `runner` (a loaded package), timing it against eager first."""
+        self._runner = runner
+        self._trial = {True: [], False: []} if runner is not None else None
 
     def _load(self) -> Optional[Callable]:
         """The cached package's runner; a package that does not load is removed (compiled again later)."""
@@ -227,7 +270,7 @@ class BackgroundCompile:
         code, self._process = self._process.returncode, None
         self._source.unlink(missing_ok=True)
         if code == 0 and self.path.is_file():
-            self._runner = self._load()
+            self._use(self._load())
             if self._runner is None:
                 self._gave_up = "the package compiled here did not load"
                 return

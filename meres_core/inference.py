@@ -224,6 +224,8 @@ class Segmenter:
                 t2 = self._sync()
                 logits = self.model.decode(features, text, valid).logits  # (E, 1, h, w)
                 t3 = self._sync()
+            if self._background:
+                self._background.record(image_path is not None, t3 - t1)
         probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",
                                                   align_corners=False)[:, 0]).cpu().numpy()
         decision = decision or self.decision

@@ -132,9 +132,10 @@ def key(o, direction):
     return {"left": o["x"], "right": -o["x"], "top": o["y"], "bottom": -o["y"]}[direction]
 
 
-def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None):
-    """Assert that `sent` refers to exactly the object `ann_id` (-1: to nothing), and that
-    `ranked_ann_ids` are the objects its extreme or ordinal qualifier ranks (None for other sentences)."""
+def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None, landmark_ann_id=None):
+    """Assert that `sent` refers to exactly the object `ann_id` (-1: to nothing), that `ranked_ann_ids`
+    are the objects its extreme, ordinal or relation qualifier picks among (None for other sentences), and
+    that `landmark_ann_id` is the object a relation places its target by (None for other sentences)."""
     # "closest to the left side" names an image side, not a landmark.
     is_extreme = any(find(sent, words) for words in EXTREMES.values())
     relation = None if is_extreme else find(sent, RELATION_OF)
@@ -142,7 +143,7 @@ def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None):
     candidates = matching(objects, *noun_phrase(head))
     ids = [o["id"] for o in candidates]
     if kind == "absent":
-        assert ann_id == -1 and not candidates, sent
+        assert ann_id == -1 and not candidates and ranked_ann_ids is None and landmark_ann_id is None, sent
         return
     target = next(o for o in objects if o["id"] == ann_id)
     assert ann_id in ids, sent
@@ -150,16 +151,19 @@ def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None):
     extreme = next((d for d, words in EXTREMES.items() if find(head, words)), None)
     ordinal = find(head, ORDINAL_OF)
     size = next((s for s, words in SIZES.items() if find(head, words)), None)
-    if (kind == "spatial" and not relation) or kind == "ordinal":
+    if kind in ("spatial", "ordinal"):
         assert ranked_ann_ids is not None and sorted(ranked_ann_ids) == sorted(ids), sent
     else:
         assert ranked_ann_ids is None, sent
+    if not (kind == "spatial" and relation):
+        assert landmark_ann_id is None, sent
     if kind in ("category", "attribute"):
         assert ids == [ann_id], sent
     elif kind == "spatial" and relation:
         landmarks = matching(objects, *noun_phrase(sent.split(f" {relation} ", 1)[1]))
         assert len(landmarks) == 1 and landmarks[0]["id"] != ann_id, sent
         landmark = landmarks[0]
+        assert landmark_ann_id == landmark["id"], sent
         rivals = [o for o in others if o["id"] != landmark["id"]]
         rel = RELATION_OF[relation]
         if rel == "nearest":
@@ -190,7 +194,7 @@ def test_expressions_are_true_and_unambiguous(synth):
     for ref in refs:
         objects = objects_of(ref["image_id"], instances)
         for s in ref["sentences"]:
-            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects, s.get("ranked_ann_ids"))
+            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects, s.get("ranked_ann_ids"), s.get("landmark_ann_id"))
             checked.add(s["kind"])
     assert checked == KINDS
 

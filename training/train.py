@@ -201,9 +201,10 @@ class LossModel(nn.Module):
         self.model = model
 
     def forward(self, images, masks, input_ids, attention_mask, image_index=None,
-                ranked_masks=None, ranked_centres=None) -> dict[str, torch.Tensor]:
+                ranked_masks=None, ranked_centres=None, landmark_masks=None,
+                landmark_centres=None) -> dict[str, torch.Tensor]:
         return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks, ranked_masks,
-                                       ranked_centres)
+                                       ranked_centres, landmark_masks, landmark_centres)
 
 
 def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -422,7 +423,9 @@ class Trainer:
                     losses = self.ddp(images.to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
                                       input_ids, attention_mask, image_index.to(device, non_blocking=True),
                                       batch["ranked_mask"].to(device, non_blocking=True),
-                                      batch["ranked_centres"].to(device, non_blocking=True))
+                                      batch["ranked_centres"].to(device, non_blocking=True),
+                                      batch["landmark_mask"].to(device, non_blocking=True),
+                                      batch["landmark_centre"].to(device, non_blocking=True))
                 self.scaler.scale(losses["loss"] / accumulation).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item() / accumulation

@@ -117,7 +117,9 @@ class ReferDataset(Dataset):
 
     A sample is a dict: image FloatTensor[3, S, S] (normalized), mask FloatTensor[S, S]
     of 0/1, ranked_mask (the same for the objects a sentence's `ranked_ann_ids` name, else
-    the mask), ranked_centres (their centroids, transforms.mask_centroids), sentence, ref_id,
+    the mask), ranked_centres (their centroids, transforms.mask_centroids), landmark_mask and
+    landmark_centre (2,) of the object a relation sentence's `landmark_ann_id` names (empty and NaN
+    for other sentences), sentence, ref_id,
     sent_id, image_id, kind (the sentence's `kind`, else the dataset name), no_target, plus
     orig_image (uint8 HxWx3) and orig_mask (bool HxW) when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
@@ -149,6 +151,7 @@ class ReferDataset(Dataset):
         needed_images = {r["image_id"] for r in self.refs}
         needed_anns = {i for r in self.refs for i in _ann_ids(r)}
         needed_anns |= {i for r in self.refs for s in r["sentences"] for i in s.get("ranked_ann_ids") or ()}
+        needed_anns |= {s["landmark_ann_id"] for r in self.refs for s in r["sentences"] if "landmark_ann_id" in s}
         self.images = {im["id"]: im for im in instances["images"] if im["id"] in needed_images}
         self.annotations = {a["id"]: a for a in instances["annotations"] if a["id"] in needed_anns}
         self.samples = [(r, s) for r in self.refs for s in r["sentences"]]
@@ -233,12 +236,13 @@ class ReferDataset(Dataset):
             return self._skip("image_size_mismatch", ref, sentence)
         no_target = bool(ref.get("no_target", False)) or not _ann_ids(ref)
         ranked = sentence.get("ranked_ann_ids")
-        if ranked and any(i not in self.annotations for i in ranked):
+        landmark = sentence.get("landmark_ann_id")
+        if (ranked and any(i not in self.annotations for i in ranked)) or (landmark is not None and landmark not in self.annotations):
             return self._skip("missing_annotation", ref, sentence)
         # What the sentence's qualifier ranks (meres-synth's `ranked_ann_ids`), else the target itself.
         ranked = [int(i) for i in ranked] if ranked else _ann_ids(ref)
         ann_masks = {i: decode_segmentation(self.annotations[i]["segmentation"], *image.shape[:2])
-                     for i in set(_ann_ids(ref)) | set(ranked)}
+                     for i in set(_ann_ids(ref)) | set(ranked) | ({landmark} - {None})}
         mask = np.zeros(image.shape[:2], bool)
         for i in _ann_ids(ref):
             mask |= ann_masks[i]
@@ -247,11 +251,14 @@ class ReferDataset(Dataset):
         ranked_mask = np.zeros(image.shape[:2], bool)
         for i in ranked:
             ranked_mask |= ann_masks[i]
+        landmark_mask = ann_masks[landmark] if landmark is not None else np.zeros(image.shape[:2], bool)
         sample = {
             "image": pixels,
             "mask": resize_mask(mask, self.img_size),
             "ranked_mask": resize_mask(ranked_mask, self.img_size),
             "ranked_centres": mask_centroids([ann_masks[i] for i in ranked]),
+            "landmark_mask": resize_mask(landmark_mask, self.img_size),
+            "landmark_centre": mask_centroids([landmark_mask], rows=1)[0],
             "sentence": text,
             "ref_id": int(ref["ref_id"]),
             "sent_id": int(sentence["sent_id"]),

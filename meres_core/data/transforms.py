@@ -34,15 +34,15 @@ def resize_mask(mask: np.ndarray, size: int) -> torch.Tensor:
 MAX_CENTROIDS = 8
 
 
-def mask_centroids(masks: list[np.ndarray]) -> torch.Tensor:
-    """Binary (H, W) masks -> (MAX_CENTROIDS, 2) float: the visible centroid of each non-empty mask as
+def mask_centroids(masks: list[np.ndarray], rows: int = MAX_CENTROIDS) -> torch.Tensor:
+    """Binary (H, W) masks -> (rows, 2) float: the visible centroid of each non-empty mask as
     x, y in [-1, 1] of the image (cell centres, as model/coordinates.py), NaN rows after them. The
     resize to the model input keeps these coordinates (no aspect ratio kept)."""
-    out = torch.full((MAX_CENTROIDS, 2), float("nan"))
+    out = torch.full((rows, 2), float("nan"))
     row = 0
     for mask in masks:
         ys, xs = np.nonzero(mask)
-        if len(xs) and row < MAX_CENTROIDS:
+        if len(xs) and row < rows:
             height, width = mask.shape
             out[row] = torch.tensor([(xs.mean() + 0.5) / width * 2 - 1, (ys.mean() + 0.5) / height * 2 - 1])
             row += 1

@@ -206,7 +206,8 @@ class CandidateRankPrior(nn.Module):
         return prior[:, None].to(candidates.dtype), pick
 
 
-def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
+def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor,
+              landmark_centres: Optional[torch.Tensor] = None) -> torch.Tensor:
     """-log sum_side p(side, the target's rank from side | s), the target's likelihood under RankPick's
     pair distribution, over sentences whose qualifier ranks two or more objects.
 
@@ -226,20 +227,24 @@ def pair_loss(pair_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: to
     onehot = (ranks[..., None] == torch.arange(MAX_RANK, device=ranks.device)).float()  # (B, 4, MAX_RANK)
     p = torch.softmax(pair_logits.float(), -1).view(b, len(SIDES), MAX_RANK)
     likelihood = (p * onehot).sum((1, 2))  # (B,)
-    use = ranks_by_position(ranked_centres) & (area > 0) & (onehot.sum((1, 2)) > 0)
+    use = ranks_by_position(ranked_centres, landmark_centres) & (area > 0) & (onehot.sum((1, 2)) > 0)
     if not use.any():
         return pair_logits.sum() * 0.0
     return -torch.log(likelihood[use].clamp_min(1e-6)).mean()
 
 
-def ranks_by_position(ranked_centres: torch.Tensor) -> torch.Tensor:
-    """ranked_centres (B, M, 2), NaN rows for none -> (B,) bool: the qualifier ranks two or more objects
-    (an extreme or an ordinal); other sentences list the target alone, absent ones nothing."""
-    return (~torch.isnan(ranked_centres[..., 0])).sum(1) >= 2
+def ranks_by_position(ranked_centres: torch.Tensor, landmark_centres: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ranked_centres (B, M, 2), NaN rows for none; landmark_centres (B, 2), NaN for none -> (B,) bool: the
+    qualifier ranks two or more objects by position (an extreme or an ordinal). Other sentences list the
+    target alone, absent ones nothing; relation sentences (meres-synth 1.6) list their base too, but place
+    the target by a landmark (relation_pick.py), not by a (side, ordinal)."""
+    ranks = (~torch.isnan(ranked_centres[..., 0])).sum(1) >= 2
+    return ranks if landmark_centres is None else ranks & torch.isnan(landmark_centres[:, 0])
 
 
-def gain_loss(gain: torch.Tensor, ranked_centres: torch.Tensor) -> torch.Tensor:
+def gain_loss(gain: torch.Tensor, ranked_centres: torch.Tensor,
+              landmark_centres: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Mean squared error of RankPick's gain / SCALE (B,) against RANKING_GAIN where the qualifier ranks two or
     more objects (ranked_centres (B, M, 2), NaN rows for none) and 0 elsewhere: size, relation, colour and absent
     sentences name no (side, ordinal), so the pick stays off for them."""
-    return (gain - RANKING_GAIN * ranks_by_position(ranked_centres).float()).pow(2).mean()
+    return (gain - RANKING_GAIN * ranks_by_position(ranked_centres, landmark_centres).float()).pow(2).mean()

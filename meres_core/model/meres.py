@@ -20,6 +20,7 @@ from .no_target import NoTargetHead
 from .candidate_rank import CandidateRankPrior, gain_loss, pair_loss
 from .instance_centres import CentreHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
+from .relation_pick import RelationPick, landmark_loss, relation_gain_loss, relation_loss
 
 
 @dataclass
@@ -33,6 +34,9 @@ class MeresOutput:
     centre_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the candidates' centres, when configured
     rank_pair_logits: Optional[torch.Tensor] = None  # (B, 4 * MAX_RANK) RankPick's, when configured
     rank_gain: Optional[torch.Tensor] = None  # (B,) RankPick's gain g(s) / SCALE, when configured
+    landmark_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) RelationPick's landmark, when configured
+    relation_logits: Optional[torch.Tensor] = None  # (B, len(RELATIONS)) RelationPick's, when configured
+    relation_gain: Optional[torch.Tensor] = None  # (B,) RelationPick's gain g(s) / SCALE, when configured
 
 
 class MERES(nn.Module):
@@ -60,6 +64,7 @@ class MERES(nn.Module):
                                                   cfg.candidate_rank_pick)
                                if cfg.candidate_rank_prior else None)
         self.centre_head = CentreHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
+        self.relation_pick = RelationPick(self.text.dim, cfg.decoder_dims[-1]) if cfg.relation_pick else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)
 
@@ -93,6 +98,10 @@ class MERES(nn.Module):
             if pick is not None:
                 out.rank_pair_logits, out.rank_gain = pick
             out.candidate_logits = out.logits
+        if self.relation_pick is not None:
+            relation_prior, (out.landmark_logits, out.relation_logits, out.relation_gain) = self.relation_pick(
+                out.logits, out.centre_logits, fine, text, text_valid)
+            rank_prior = rank_prior + relation_prior
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
         if rank_prior is not None:
@@ -151,12 +160,15 @@ class MERES(nn.Module):
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor,
                      ranked_masks: Optional[torch.Tensor] = None,
-                     ranked_centres: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                     ranked_centres: Optional[torch.Tensor] = None,
+                     landmark_masks: Optional[torch.Tensor] = None,
+                     landmark_centres: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
         [+ no_target_weight * BCE(t, target present)] [+ candidate_weight * BCE(decoder's logits before
-        the priors, ranked_masks)] [+ centre_weight * focal(centre heatmap, ranked_centres)];
-        ranked_masks (B, H, W): what each sentence's qualifier ranks, ranked_centres (B, M, 2) their
-        centroids (x, y in [-1, 1], NaN rows for none)."""
+        the priors, ranked_masks)] [+ centre_weight * focal(centre heatmap, ranked_centres)] [+ the rank
+        and relation picks' losses]; ranked_masks (B, H, W): what each sentence's qualifier ranks,
+        ranked_centres (B, M, 2) their centroids (x, y in [-1, 1], NaN rows for none); landmark_masks
+        (B, H, W) and landmark_centres (B, 2) the landmark a relation sentence names (NaN for none)."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -179,11 +191,21 @@ class MERES(nn.Module):
             losses["centres"] = centre_focal_loss(out.centre_logits, ranked_centres)
             losses["loss"] = losses["loss"] + self.cfg.centre_weight * losses["centres"]
         if self.cfg.candidate_pick_weight and out.rank_pair_logits is not None and ranked_centres is not None:
-            losses["pick"] = pair_loss(out.rank_pair_logits, masks, ranked_centres)
+            losses["pick"] = pair_loss(out.rank_pair_logits, masks, ranked_centres, landmark_centres)
             losses["loss"] = losses["loss"] + self.cfg.candidate_pick_weight * losses["pick"]
         if self.cfg.candidate_gain_weight and out.rank_gain is not None and ranked_centres is not None:
-            losses["pick_gain"] = gain_loss(out.rank_gain, ranked_centres)
+            losses["pick_gain"] = gain_loss(out.rank_gain, ranked_centres, landmark_centres)
             losses["loss"] = losses["loss"] + self.cfg.candidate_gain_weight * losses["pick_gain"]
+        if out.landmark_logits is not None and landmark_centres is not None:
+            relation = {"landmark": (self.cfg.landmark_weight,
+                                     landmark_loss(out.landmark_logits, landmark_masks, landmark_centres)),
+                        "relation": (self.cfg.relation_pick_weight,
+                                     relation_loss(out.relation_logits, masks, ranked_centres, landmark_centres)),
+                        "relation_gain": (self.cfg.relation_gain_weight,
+                                          relation_gain_loss(out.relation_gain, landmark_centres))}
+            for key, (weight, value) in relation.items():
+                losses[key] = value
+                losses["loss"] = losses["loss"] + weight * value
         return losses
 
 
@@ -198,7 +220,7 @@ def count_parameters(model: MERES) -> dict[str, int]:
         "text": n(model.text) + n(model.text_proj),
         "extractor": extractor,
         "decoder": (n(model.decoder) + n(model.position_prior) + n(model.candidate_rank) + n(model.centre_head)
-                    + n(model.no_target)),
+                    + n(model.relation_pick) + n(model.no_target)),
     }
     counts["total"] = sum(counts.values())
     return counts

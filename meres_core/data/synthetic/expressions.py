@@ -166,26 +166,37 @@ def _raw(rng: np.random.Generator, text: str) -> str:
     return text
 
 
-def _sentence(raw: str, sent_id: int, kind: str, ranked_ann_ids: Optional[list[int]] = None) -> dict:
+def _sentence(raw: str, sent_id: int, kind: str, ranked_ann_ids: Optional[list[int]] = None,
+              landmark_ann_id: Optional[int] = None) -> dict:
     tokens = re.sub(r"[^a-z0-9\- ]", "", raw.lower()).split()
     # Interned so that the pickle is byte-identical whether workers were used or not.
     sentence = {"tokens": tokens, "raw": raw, "sent": " ".join(tokens), "sent_id": sent_id, "kind": sys.intern(kind)}
     if ranked_ann_ids is not None:
         sentence["ranked_ann_ids"] = ranked_ann_ids
+    if landmark_ann_id is not None:
+        sentence["landmark_ann_id"] = landmark_ann_id
     return sentence
 
 
 def _ranked_members(query: Query, shapes: list[Shape]) -> Optional[tuple[int, ...]]:
     """The shapes a positional qualifier ranks ("the second circle from the left": every circle), for
-    the extreme and ordinal qualifiers; None for the others."""
-    if query.qualifier and query.qualifier[0] in ("extreme", "ordinal"):
+    the extreme, ordinal and relation qualifiers (1.6: "the circle left of the star" picks among every
+    circle too); None for the others."""
+    if query.qualifier and query.qualifier[0] in ("extreme", "ordinal", "relation"):
         return tuple(_members(shapes, query.category, query.color))
     return None
 
 
+def _landmark(query: Query) -> Optional[int]:
+    """The shape a relation places its target by ("the circle left of the star": the star), else None."""
+    return query.qualifier[2] if query.qualifier and query.qualifier[0] == "relation" else None
+
+
 def _describe(rng: np.random.Generator, scene: Scene, height: int, width: int, absent_rate: float,
-              sentences_per_object: int) -> list[tuple[int, str, list[tuple[str, str, Optional[tuple[int, ...]]]]]]:
-    """Refs of one scene as (target index or -1, category, [(raw sentence, kind, ranked shape indices)])."""
+              sentences_per_object: int
+              ) -> list[tuple[int, str, list[tuple[str, str, Optional[tuple[int, ...]], Optional[int]]]]]:
+    """Refs of one scene as (target index or -1, category,
+    [(raw sentence, kind, ranked shape indices, landmark shape index)])."""
     refs = []
     for t, shape in enumerate(scene.shapes):
         if shape.visible_fraction < MIN_TARGET_VISIBLE:
@@ -199,9 +210,9 @@ def _describe(rng: np.random.Generator, scene: Scene, height: int, width: int, a
         queries = [by_kind[k][int(rng.integers(len(by_kind[k])))] for k in chosen]
         if queries:
             refs.append((t, shape.category, [(_raw(rng, _text(rng, q, scene.shapes)), q.kind,
-                                              _ranked_members(q, scene.shapes)) for q in queries]))
+                                              _ranked_members(q, scene.shapes), _landmark(q)) for q in queries]))
     n_sentences = sum(len(sentences) for *_, sentences in refs)
     for _ in range(int(rng.binomial(n_sentences, min(absent_rate, 1.0)))):
         query = _absent_query(rng, scene.shapes)
-        refs.append((-1, query.category, [(_raw(rng, _text(rng, query, scene.shapes)), "absent", None)]))
+        refs.append((-1, query.category, [(_raw(rng, _text(rng, query, scene.shapes)), "absent", None, None)]))
     return refs

@@ -13,7 +13,8 @@ Layout under `out_dir` (readable by `meres_core.data.refer.ReferDataset` with
     images/synth_000001.png        RGB
     synth/instances.json           COCO: polygons for half the objects, RLE for the rest
     synth/refs(synth).p            list of REFER ref dicts; sentences carry a `kind`, and those with
-                                   an extreme or ordinal qualifier the `ranked_ann_ids` it ranks
+                                   an extreme, ordinal or relation qualifier the `ranked_ann_ids` it
+                                   ranks, and those with a relation the `landmark_ann_id` it names
     depth/synth_000001.png         uint16 millimetres (optional)
     camera_info.json               pinhole intrinsics of the depth images (optional)
     meta.json                      seed, options and counts per split and kind
@@ -45,8 +46,9 @@ from .expressions import _describe, _sentence
 from .scene import APPEARANCES, _render, _scene_rng, camera_info
 from .vocabulary import CATEGORY_IDS, KINDS
 
-VERSION = "1.5"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
-# 1.5: "nearest the <side> edge" wordings of the extremes, "the only <name>"
+VERSION = "1.6"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
+# 1.5: "nearest the <side> edge" wordings of the extremes, "the only <name>"; 1.6: relation sentences carry
+# `ranked_ann_ids` (every member of their base) and `landmark_ann_id` (scenes and words as 1.5)
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
@@ -175,8 +177,9 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
                 ref = {
                     "ref_id": len(refs) + 1, "ann_id": ann_id, "image_id": job.image_id,
                     "category_id": CATEGORY_IDS[category], "split": split,
-                    "sentences": [_sentence(raw, first + k, kind, None if ranked is None else [ann_ids[i] for i in ranked])
-                                  for k, (raw, kind, ranked) in enumerate(sentences)],
+                    "sentences": [_sentence(raw, first + k, kind, None if ranked is None else [ann_ids[i] for i in ranked],
+                                            None if landmark is None else ann_ids[landmark])
+                                  for k, (raw, kind, ranked, landmark) in enumerate(sentences)],
                     # REFER names a ref's file after image and annotation; loaders use instances.json instead.
                     "file_name": name if ann_id == -1 else f"{Path(name).stem}_{ann_id}.png",
                 }
@@ -186,7 +189,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
                 refs.append(ref)
                 counts["refs"][split] += 1
                 counts["sentences"][split] += len(sentences)
-                counts["kinds"].update(kind for _, kind, _ in sentences)
+                counts["kinds"].update(kind for _, kind, *_ in sentences)
 
     instances = {
         "info": {"description": "MERES synthetic referring scenes", "version": VERSION},

@@ -1,0 +1,156 @@
+"""Landmark relations, a deviation from the paper behind `ModelConfig.relation_pick`.
+
+"The circle left of the star" and "the circle nearest the red square" place the target by another
+object. Stage 17 found the target of 81% of "side of" but only 36% of "nearest" sentences on
+meres-synth, and about half of its misses landed on the landmark itself: nothing told the model which
+noun phrase is the landmark, and its candidates covered every circle for only 14 of 123 "nearest"
+sentences. MAttNet (Yu et al., CVPR 2018) scores a candidate by its relation to a context object;
+here, as the rank pick does for ordinals (candidate_rank.RankPick):
+
+  - the candidates are the centre heatmap's peaks on the decoder's mask (instance_centres.py); with
+    meres-synth 1.6's `ranked_ann_ids` the decoder learns to cover every object of the base ("every
+    circle") for relation sentences, as it does for extremes;
+  - a LandmarkHead on the decoder's last guided map segments the landmark the sentence names,
+    trained with BCE against meres-synth 1.6's `landmark_ann_id`; its mask's centroid is L, and a
+    candidate whose centre lies on that mask is the landmark, no candidate;
+  - the sentence gives a distribution over the RELATIONS and a gain, and a candidate matches by the
+    relations it satisfies against L:
+
+        match = sum_r p(r | s) [the candidate satisfies r]          in [0, 1]
+        logit += g(s) (2 match - 1)                                on candidates, 0 elsewhere
+
+    "left of": its centre is left of L (meres-synth's relations hold for the target alone among the
+    base); "nearest": it is the closest candidate to L. The landmark's own pixels get match 0.
+Zero-initialized pick and gain, so a warm-started model starts unchanged. Fixed-shape tensor work only.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .candidate_rank import SCALE
+from .coordinates import cell_centres
+from .encoders import sentence_mean
+from .instance_centres import PRIOR_PROBABILITY, centre_peaks
+from .position_prior import candidate_centroid
+
+RELATIONS = ("left", "right", "above", "below", "nearest")  # meres-synth's RELATION_WORDS
+RELATION_GAIN = 2.0  # relation_gain_loss's target where a sentence names a landmark, as candidate_rank.RANKING_GAIN
+# A candidate centre this close to the landmark's centroid (in [-1, 1] units) is the landmark itself:
+# the ground truth lists the landmark among the base when it is a member ("the shape left of the star").
+SAME_OBJECT = 1e-3
+
+
+class LandmarkHead(nn.Module):
+    """fine (B, C, h, w) the decoder's last guided map -> landmark logits (B, 1, h, w)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(dim, 1, 1))
+        nn.init.constant_(self.net[-1].bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+
+    def forward(self, fine: torch.Tensor) -> torch.Tensor:
+        return self.net(fine)
+
+
+def relation_indicators(centres: torch.Tensor, eligible: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
+    """centres (B, K, 2) x, y in [-1, 1]; eligible (B, K) the candidates that are not the landmark;
+    landmark (B, 2) its centroid -> (B, len(RELATIONS), K) float: [candidate k satisfies relation r]."""
+    offset = centres - landmark[:, None]  # (B, K, 2)
+    distance = offset.pow(2).sum(-1).masked_fill(~eligible, float("inf"))  # (B, K)
+    nearest = distance == distance.amin(1, keepdim=True)
+    sides = torch.stack([offset[..., 0] < 0, offset[..., 0] > 0, offset[..., 1] < 0, offset[..., 1] > 0], 1)
+    return (torch.cat([sides, nearest[:, None]], 1) & eligible[:, None]).float()
+
+
+class RelationPick(nn.Module):
+    def __init__(self, text_dim: int, dim: int):
+        super().__init__()
+        self.landmark = LandmarkHead(dim)
+        self.relation = nn.Linear(text_dim, len(RELATIONS))  # p(r | s)
+        self.gain = nn.Linear(text_dim, 1)  # g(s)
+        for layer in (self.relation, self.gain):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, candidates: torch.Tensor, centre_logits: torch.Tensor, fine: torch.Tensor,
+                text: torch.Tensor, text_valid: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """candidates (B, 1, h, w) the decoder's logits before the priors; centre_logits (B, 1, h, w); fine
+        (B, C, h, w); text (B, T, D_t), text_valid (B, T) -> the prior (B, 1, h, w), and the landmark logits
+        (B, 1, h, w), relation logits (B, len(RELATIONS)) and gain / SCALE (B,) for the losses."""
+        b, _, h, w = candidates.shape
+        sentence = sentence_mean(text, text_valid)  # (B, D_t)
+        landmark_logits = self.landmark(fine)  # (B, 1, h, w)
+        keep = (torch.sigmoid(candidates.detach().float()) > 0.5)[:, 0]  # (B, h, w)
+        centres, valid = centre_peaks(centre_logits, keep)  # (B, K, 2), (B, K)
+        ys, xs = cell_centres(h, centres), cell_centres(w, centres)
+        landmark = torch.stack(candidate_centroid(landmark_logits, xs, ys), -1)  # L (B, 2)
+        # A candidate whose centre cell is on the landmark's mask is the landmark.
+        col = ((centres[..., 0] + 1) / 2 * w).floor().clamp(0, w - 1).long()
+        row = ((centres[..., 1] + 1) / 2 * h).floor().clamp(0, h - 1).long()
+        on_landmark = landmark_logits.detach()[:, 0].flatten(1).gather(1, row * w + col) > 0  # (B, K)
+        relation_logits = self.relation(sentence)
+        p_relation = torch.softmax(relation_logits.float(), -1)  # (B, R)
+        indicators = relation_indicators(centres, valid & ~on_landmark, landmark)  # (B, R, K)
+        match = torch.einsum("br,brk->bk", p_relation, indicators)  # (B, K)
+        # Each mask pixel is the nearest peak's, as in candidate_rank.centre_candidate_ranks.
+        grid = torch.stack([xs.expand(h, w).flatten(), ys[:, None].expand(h, w).flatten()], -1)  # (N, 2)
+        distance = ((grid[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, N, K)
+        own = distance.masked_fill(~valid[:, None], float("inf")).argmin(-1)  # (B, N)
+        own_match = match.gather(1, own)  # (B, N)
+        several = valid.sum(1, keepdim=True) >= 2  # a lone candidate is left alone, as RankPick does
+        on_candidate = (keep.flatten(1) & several).float()
+        gain = self.gain(sentence).float()[:, 0]  # (B,)
+        prior = SCALE * gain[:, None] * (2.0 * own_match - 1.0) * on_candidate  # (B, N)
+        return prior.view(b, 1, h, w).to(candidates.dtype), (landmark_logits, relation_logits, gain)
+
+
+def names_landmark(landmark_centres: torch.Tensor) -> torch.Tensor:
+    """landmark_centres (B, 2), NaN for none -> (B,) bool: the sentence places its target by a landmark."""
+    return ~torch.isnan(landmark_centres[:, 0])
+
+
+def landmark_loss(landmark_logits: torch.Tensor, landmark_masks: torch.Tensor,
+                  landmark_centres: torch.Tensor) -> torch.Tensor:
+    """BCE of the landmark head (B, 1, h, w), upsampled, against the landmark masks (B, H, W), over the
+    sentences that name one."""
+    use = names_landmark(landmark_centres)
+    if not use.any():
+        return landmark_logits.sum() * 0.0
+    logits = F.interpolate(landmark_logits[use].float(), size=landmark_masks.shape[-2:], mode="bilinear",
+                           align_corners=False)[:, 0]
+    return F.binary_cross_entropy_with_logits(logits, landmark_masks[use].float())
+
+
+def relation_loss(relation_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor,
+                  landmark_centres: torch.Tensor) -> torch.Tensor:
+    """-log sum_r p(r | s) [the target alone among the base satisfies r], over sentences that name a
+    landmark: the relations are read off the ground-truth centroids (masks (B, H, W) the targets,
+    ranked_centres (B, M, 2) the base's, NaN rows for none; landmark_centres (B, 2)), as pair_loss does."""
+    b, h, w = masks.shape
+    m = masks.float()
+    area = m.flatten(1).sum(1)
+    xs, ys = cell_centres(w, m), cell_centres(h, m)
+    target = torch.stack([(m.sum(1) * xs).sum(1), (m.sum(2) * ys).sum(1)], -1) / area.clamp_min(1)[:, None]  # (B, 2)
+    centres = torch.nan_to_num(ranked_centres.float())
+    landmark = torch.nan_to_num(landmark_centres.float())
+    valid = ~torch.isnan(ranked_centres[..., 0])
+    eligible = valid & ((centres - landmark[:, None]).pow(2).sum(-1) > SAME_OBJECT ** 2)
+    indicators = relation_indicators(centres, eligible, landmark)  # (B, R, M)
+    which = ((target[:, None] - centres) ** 2).sum(-1).masked_fill(~valid, float("inf")).argmin(1)  # (B,)
+    holds = indicators.gather(2, which[:, None, None].expand(-1, len(RELATIONS), 1))[..., 0]  # (B, R)
+    unique = holds * (indicators.sum(2) == 1).float()
+    p = torch.softmax(relation_logits.float(), -1)
+    use = names_landmark(landmark_centres) & (area > 0) & (unique.sum(1) > 0)
+    if not use.any():
+        return relation_logits.sum() * 0.0
+    return -torch.log((p * unique).sum(1)[use].clamp_min(1e-6)).mean()
+
+
+def relation_gain_loss(gain: torch.Tensor, landmark_centres: torch.Tensor) -> torch.Tensor:
+    """Squared error of the gain / SCALE (B,) against RELATION_GAIN where the sentence names a landmark, 0 elsewhere."""
+    return (gain - RELATION_GAIN * names_landmark(landmark_centres).float()).pow(2).mean()
