@@ -40,7 +40,7 @@ def boundary_band(mask):
 
 def test_samples_match_what_the_generator_drew(root):
     instances = json.loads((root / "synth" / "instances.json").read_text())
-    encodings, ranked_kinds = set(), set()
+    encodings, ranked_kinds, landmarks = set(), set(), 0
     for split in ("train", "val", "test"):
         ds = synth(root, split, keep_original=True)
         assert len(ds) == sum(len(r["sentences"]) for r in read_refs(root) if r["split"] == split)
@@ -68,6 +68,17 @@ def test_samples_match_what_the_generator_drew(root):
             drawn_centres = (drawn_centres + 0.5) / torch.tensor([W, H]) * 2 - 1
             centres = sample["ranked_centres"]
             assert centres[len(named):].isnan().all() and torch.allclose(centres[:len(named)], drawn_centres, atol=4 / W)
+            # The landmark of a relation sentence (meres-synth 1.6), as drawn; nothing for other sentences.
+            landmark = sentence.get("landmark_ann_id")
+            landmarks += landmark is not None
+            if landmark is None:
+                assert not sample["landmark_mask"].any() and sample["landmark_centre"].isnan().all()
+            else:
+                drawn_landmark = shapes[ann_ids.index(landmark)]
+                assert sample["kind"] == "spatial" and landmark != ref["ann_id"]
+                assert torch.equal(sample["landmark_mask"], resize_mask(ds.ref_mask({"ann_id": landmark}, H, W), SIZE))
+                expected_centre = (torch.tensor(drawn_landmark.centroid) + 0.5) / torch.tensor([W, H]) * 2 - 1
+                assert torch.allclose(sample["landmark_centre"], expected_centre.float(), atol=4 / W)
             if sample["no_target"]:
                 assert ref["ann_id"] == -1 and sample["kind"] == "absent" and not sample["orig_mask"].any()
                 continue
@@ -84,6 +95,7 @@ def test_samples_match_what_the_generator_drew(root):
         assert not ds.skipped
     assert encodings == {"list", "dict"}
     assert ranked_kinds == {None, "spatial", "ordinal"}  # ranked_mask: the ranked objects, else the target
+    assert landmarks > 0
 
 
 def test_image_tensor_and_kinds(root):
