@@ -73,9 +73,11 @@ def test_samples_match_what_the_generator_drew(root):
             landmarks += landmark is not None
             if landmark is None:
                 assert not sample["landmark_mask"].any() and sample["landmark_centre"].isnan().all()
+                assert sample["relation"] == ""
             else:
                 drawn_landmark = shapes[ann_ids.index(landmark)]
                 assert sample["kind"] == "spatial" and landmark != ref["ann_id"]
+                assert sample["relation"] == sentence["relation"] in ("left", "right", "above", "below", "nearest")
                 assert torch.equal(sample["landmark_mask"], resize_mask(ds.ref_mask({"ann_id": landmark}, H, W), SIZE))
                 expected_centre = (torch.tensor(drawn_landmark.centroid) + 0.5) / torch.tensor([W, H]) * 2 - 1
                 assert torch.allclose(sample["landmark_centre"], expected_centre.float(), atol=4 / W)

@@ -1,4 +1,6 @@
 """model.relation_pick: "the circle left of the star" picks among the candidates by a landmark (model/relation_pick.py)."""
+import math
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from meres_core.model.candidate_rank import gain_loss, ranks_by_position
 from meres_core.model.coordinates import cell_centres
 from meres_core.model.meres import MERES
 from meres_core.model.relation_pick import (RELATION_GAIN, RELATIONS, SCALE, RelationPick, landmark_loss,
-                                            relation_gain_loss, relation_indicators, relation_loss)
+                                            relation_gain_loss, relation_ids, relation_indicators, relation_loss)
 
 H, W = 16, 24
 NAN = float("nan")
@@ -73,35 +75,33 @@ def test_zero_gain_or_a_lone_candidate_leaves_the_mask_alone():
 
 
 def _ground_truth():
-    """Target left at (row 8, col 3), another base member right at (8, 18), the landmark (also a member:
-    "the shape left of the star") at (8, 11); and a sentence with no landmark."""
-    masks = torch.zeros(2, H, W)
-    masks[:, 7:10, 2:5] = 1
+    """The centroids of a relation sentence's base (three objects) and its landmark; a sentence with no landmark."""
     ranked = torch.full((2, 8, 2), NAN)
     ranked[0, :3] = torch.tensor([_at(8, 3), _at(8, 18), _at(8, 11)])
     ranked[1, :3] = ranked[0, :3]
     landmark = torch.tensor([_at(8, 11), [NAN, NAN]])
-    return masks, ranked, landmark
+    return ranked, landmark
 
 
-def test_relation_loss_reads_the_relation_off_the_ground_truth():
-    masks, ranked, landmark = _ground_truth()
+def test_relation_loss_is_cross_entropy_on_the_named_relation():
+    named = relation_ids(["left", ""])
+    assert named.tolist() == [RELATIONS.index("left"), -1]
     logits = torch.zeros(2, len(RELATIONS))
     logits[:, RELATIONS.index("left")] = 20.0
-    assert relation_loss(logits, masks, ranked, landmark) < 1e-3
+    assert relation_loss(logits, named) < 1e-3
     logits = torch.zeros(2, len(RELATIONS))
-    logits[:, RELATIONS.index("right")] = 20.0
-    assert relation_loss(logits, masks, ranked, landmark) > 10.0
-    # Uniform: "left" alone holds for the target only ("nearest" goes to the right member, 7 cells away vs 8).
-    assert relation_loss(torch.zeros(2, len(RELATIONS)), masks, ranked, landmark).item() == pytest.approx(
-        torch.log(torch.tensor(5.0)).item(), abs=1e-5)
-    assert relation_loss(logits, masks[1:], ranked[1:], landmark[1:]) == 0  # no landmark: no loss
+    logits[:, RELATIONS.index("nearest")] = 20.0  # the words said "left", whatever else holds in the scene
+    assert relation_loss(logits, named) > 10.0
+    assert relation_loss(torch.zeros(2, len(RELATIONS)), named).item() == pytest.approx(math.log(len(RELATIONS)))
+    assert relation_loss(logits, named[1:]) == 0  # no relation named: no loss
+    with pytest.raises(ValueError):
+        relation_ids(["beside"])
 
 
 def test_rank_pick_leaves_relation_sentences_to_the_relation_pick():
     """Relation sentences list their base (two or more objects) as extremes do; the rank pick's gain must
     still be pulled to zero on them, and the relation pick's to RELATION_GAIN."""
-    _, ranked, landmark = _ground_truth()
+    ranked, landmark = _ground_truth()
     assert ranks_by_position(ranked).tolist() == [True, True]
     assert ranks_by_position(ranked, landmark).tolist() == [False, True]
     assert gain_loss(torch.zeros(2), ranked, landmark).item() == pytest.approx(2.0 ** 2 / 2)
@@ -109,7 +109,7 @@ def test_rank_pick_leaves_relation_sentences_to_the_relation_pick():
 
 
 def test_landmark_loss_is_bce_on_the_landmark_mask_of_relation_sentences_only():
-    _, _, landmark = _ground_truth()
+    _, landmark = _ground_truth()
     masks = torch.zeros(2, 32, 48)
     masks[0, 14:20, 20:28] = 1
     logits = torch.full((2, 1, H, W), -8.0)
@@ -150,7 +150,7 @@ def test_model_with_relation_pick_starts_unchanged_and_learns(scene):
     landmark_masks = torch.zeros(2, 64, 64)
     landmark_masks[0, 20:40, 28:36] = 1
     landmark = torch.tensor([[0.0, -0.1], [NAN, NAN]])
-    losses = model.compute_loss(out, masks, masks, ranked, landmark_masks, landmark)
+    losses = model.compute_loss(out, masks, masks, ranked, landmark_masks, landmark, relation_ids(["left", ""]))
     assert {"landmark", "relation", "relation_gain"} <= set(losses)
     assert losses["relation_gain"].item() == pytest.approx(RELATION_GAIN ** 2 / 2)
     losses["loss"].backward()

@@ -132,10 +132,11 @@ def key(o, direction):
     return {"left": o["x"], "right": -o["x"], "top": o["y"], "bottom": -o["y"]}[direction]
 
 
-def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None, landmark_ann_id=None):
+def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None, landmark_ann_id=None, relation_name=None):
     """Assert that `sent` refers to exactly the object `ann_id` (-1: to nothing), that `ranked_ann_ids`
     are the objects its extreme, ordinal or relation qualifier picks among (None for other sentences), and
-    that `landmark_ann_id` is the object a relation places its target by (None for other sentences)."""
+    that `landmark_ann_id` is the object a relation places its target by and `relation_name` the relation
+    (None for other sentences)."""
     # "closest to the left side" names an image side, not a landmark.
     is_extreme = any(find(sent, words) for words in EXTREMES.values())
     relation = None if is_extreme else find(sent, RELATION_OF)
@@ -156,7 +157,7 @@ def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None, landmark_an
     else:
         assert ranked_ann_ids is None, sent
     if not (kind == "spatial" and relation):
-        assert landmark_ann_id is None, sent
+        assert landmark_ann_id is None and relation_name is None, sent
     if kind in ("category", "attribute"):
         assert ids == [ann_id], sent
     elif kind == "spatial" and relation:
@@ -166,6 +167,7 @@ def check_sentence(sent, kind, ann_id, objects, ranked_ann_ids=None, landmark_an
         assert landmark_ann_id == landmark["id"], sent
         rivals = [o for o in others if o["id"] != landmark["id"]]
         rel = RELATION_OF[relation]
+        assert relation_name == rel, sent
         if rel == "nearest":
             dist = {o["id"]: np.hypot(o["x"] - landmark["x"], o["y"] - landmark["y"]) for o in candidates}
             assert all(dist[o["id"]] > dist[ann_id] for o in rivals), sent
@@ -194,7 +196,8 @@ def test_expressions_are_true_and_unambiguous(synth):
     for ref in refs:
         objects = objects_of(ref["image_id"], instances)
         for s in ref["sentences"]:
-            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects, s.get("ranked_ann_ids"), s.get("landmark_ann_id"))
+            check_sentence(s["sent"], s["kind"], ref["ann_id"], objects, s.get("ranked_ann_ids"), s.get("landmark_ann_id"),
+                           s.get("relation"))
             checked.add(s["kind"])
     assert checked == KINDS
 

@@ -40,6 +40,7 @@ from meres_core.config import MeresConfig, as_dict, parse_overrides
 from meres_core.data.refer import collate_samples
 from meres_core.device import autocast, precision_name, select_dtype
 from meres_core.model.meres import MERES, count_parameters
+from meres_core.model.relation_pick import relation_ids
 
 from .config import TrainConfig, load_train_config, per_rank_batch
 from .data import ResumableSampler, ensure_synthetic, kind_balancing_weights, make_dataset, make_eval_loader
@@ -202,9 +203,9 @@ class LossModel(nn.Module):
 
     def forward(self, images, masks, input_ids, attention_mask, image_index=None,
                 ranked_masks=None, ranked_centres=None, landmark_masks=None,
-                landmark_centres=None) -> dict[str, torch.Tensor]:
+                landmark_centres=None, relations=None) -> dict[str, torch.Tensor]:
         return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks, ranked_masks,
-                                       ranked_centres, landmark_masks, landmark_centres)
+                                       ranked_centres, landmark_masks, landmark_centres, relations)
 
 
 def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -425,7 +426,8 @@ class Trainer:
                                       batch["ranked_mask"].to(device, non_blocking=True),
                                       batch["ranked_centres"].to(device, non_blocking=True),
                                       batch["landmark_mask"].to(device, non_blocking=True),
-                                      batch["landmark_centre"].to(device, non_blocking=True))
+                                      batch["landmark_centre"].to(device, non_blocking=True),
+                                      relation_ids(batch["relation"]).to(device, non_blocking=True))
                 self.scaler.scale(losses["loss"] / accumulation).backward()
             for key, value in losses.items():
                 totals[key] = totals.get(key, 0.0) + value.item() / accumulation

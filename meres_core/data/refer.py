@@ -119,7 +119,7 @@ class ReferDataset(Dataset):
     of 0/1, ranked_mask (the same for the objects a sentence's `ranked_ann_ids` name, else
     the mask), ranked_centres (their centroids, transforms.mask_centroids), landmark_mask and
     landmark_centre (2,) of the object a relation sentence's `landmark_ann_id` names (empty and NaN
-    for other sentences), sentence, ref_id,
+    for other sentences) and its `relation` ("" for others), sentence, ref_id,
     sent_id, image_id, kind (the sentence's `kind`, else the dataset name), no_target, plus
     orig_image (uint8 HxWx3) and orig_mask (bool HxW) when `keep_original`. A broken sample (unreadable image, empty sentence, empty
     mask of a ref that has a target) is None and counted in `skipped` by reason;
@@ -259,6 +259,7 @@ class ReferDataset(Dataset):
             "ranked_centres": mask_centroids([ann_masks[i] for i in ranked]),
             "landmark_mask": resize_mask(landmark_mask, self.img_size),
             "landmark_centre": mask_centroids([landmark_mask], rows=1)[0],
+            "relation": str(sentence.get("relation") or ""),
             "sentence": text,
             "ref_id": int(ref["ref_id"]),
             "sent_id": int(sentence["sent_id"]),

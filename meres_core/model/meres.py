@@ -162,13 +162,15 @@ class MERES(nn.Module):
                      ranked_masks: Optional[torch.Tensor] = None,
                      ranked_centres: Optional[torch.Tensor] = None,
                      landmark_masks: Optional[torch.Tensor] = None,
-                     landmark_centres: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                     landmark_centres: Optional[torch.Tensor] = None,
+                     relations: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
         [+ no_target_weight * BCE(t, target present)] [+ candidate_weight * BCE(decoder's logits before
         the priors, ranked_masks)] [+ centre_weight * focal(centre heatmap, ranked_centres)] [+ the rank
         and relation picks' losses]; ranked_masks (B, H, W): what each sentence's qualifier ranks,
         ranked_centres (B, M, 2) their centroids (x, y in [-1, 1], NaN rows for none); landmark_masks
-        (B, H, W) and landmark_centres (B, 2) the landmark a relation sentence names (NaN for none)."""
+        (B, H, W) and landmark_centres (B, 2) the landmark a relation sentence names (NaN for none), relations
+        (B,) the relation it names (relation_pick.relation_ids, -1 for none)."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
         losses = {"bce": bce, "loss": bce}
@@ -196,11 +198,11 @@ class MERES(nn.Module):
         if self.cfg.candidate_gain_weight and out.rank_gain is not None and ranked_centres is not None:
             losses["pick_gain"] = gain_loss(out.rank_gain, ranked_centres, landmark_centres)
             losses["loss"] = losses["loss"] + self.cfg.candidate_gain_weight * losses["pick_gain"]
-        if out.landmark_logits is not None and landmark_centres is not None:
+        if out.landmark_logits is not None and landmark_centres is not None and relations is not None:
             relation = {"landmark": (self.cfg.landmark_weight,
                                      landmark_loss(out.landmark_logits, landmark_masks, landmark_centres)),
                         "relation": (self.cfg.relation_pick_weight,
-                                     relation_loss(out.relation_logits, masks, ranked_centres, landmark_centres)),
+                                     relation_loss(out.relation_logits, relations)),
                         "relation_gain": (self.cfg.relation_gain_weight,
                                           relation_gain_loss(out.relation_gain, landmark_centres))}
             for key, (weight, value) in relation.items():

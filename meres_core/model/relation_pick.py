@@ -13,8 +13,8 @@ here, as the rank pick does for ordinals (candidate_rank.RankPick):
   - a LandmarkHead on the decoder's last guided map segments the landmark the sentence names,
     trained with BCE against meres-synth 1.6's `landmark_ann_id`; its mask's centroid is L, and a
     candidate whose centre lies on that mask is the landmark, no candidate;
-  - the sentence gives a distribution over the RELATIONS and a gain, and a candidate matches by the
-    relations it satisfies against L:
+  - the sentence gives a distribution over the RELATIONS (fitted to the relation it names) and a
+    gain, and a candidate matches by the relations it satisfies against L:
 
         match = sum_r p(r | s) [the candidate satisfies r]          in [0, 1]
         logit += g(s) (2 match - 1)                                on candidates, 0 elsewhere
@@ -39,9 +39,6 @@ from .position_prior import candidate_centroid
 
 RELATIONS = ("left", "right", "above", "below", "nearest")  # meres-synth's RELATION_WORDS
 RELATION_GAIN = 2.0  # relation_gain_loss's target where a sentence names a landmark, as candidate_rank.RANKING_GAIN
-# A candidate centre this close to the landmark's centroid (in [-1, 1] units) is the landmark itself:
-# the ground truth lists the landmark among the base when it is a member ("the shape left of the star").
-SAME_OBJECT = 1e-3
 
 
 class LandmarkHead(nn.Module):
@@ -126,29 +123,19 @@ def landmark_loss(landmark_logits: torch.Tensor, landmark_masks: torch.Tensor,
     return F.binary_cross_entropy_with_logits(logits, landmark_masks[use].float())
 
 
-def relation_loss(relation_logits: torch.Tensor, masks: torch.Tensor, ranked_centres: torch.Tensor,
-                  landmark_centres: torch.Tensor) -> torch.Tensor:
-    """-log sum_r p(r | s) [the target alone among the base satisfies r], over sentences that name a
-    landmark: the relations are read off the ground-truth centroids (masks (B, H, W) the targets,
-    ranked_centres (B, M, 2) the base's, NaN rows for none; landmark_centres (B, 2)), as pair_loss does."""
-    b, h, w = masks.shape
-    m = masks.float()
-    area = m.flatten(1).sum(1)
-    xs, ys = cell_centres(w, m), cell_centres(h, m)
-    target = torch.stack([(m.sum(1) * xs).sum(1), (m.sum(2) * ys).sum(1)], -1) / area.clamp_min(1)[:, None]  # (B, 2)
-    centres = torch.nan_to_num(ranked_centres.float())
-    landmark = torch.nan_to_num(landmark_centres.float())
-    valid = ~torch.isnan(ranked_centres[..., 0])
-    eligible = valid & ((centres - landmark[:, None]).pow(2).sum(-1) > SAME_OBJECT ** 2)
-    indicators = relation_indicators(centres, eligible, landmark)  # (B, R, M)
-    which = ((target[:, None] - centres) ** 2).sum(-1).masked_fill(~valid, float("inf")).argmin(1)  # (B,)
-    holds = indicators.gather(2, which[:, None, None].expand(-1, len(RELATIONS), 1))[..., 0]  # (B, R)
-    unique = holds * (indicators.sum(2) == 1).float()
-    p = torch.softmax(relation_logits.float(), -1)
-    use = names_landmark(landmark_centres) & (area > 0) & (unique.sum(1) > 0)
+def relation_ids(names: list[str]) -> torch.Tensor:
+    """The relations a batch's sentences name (meres-synth 1.6's `relation`; "" for none) -> (B,) long
+    indices into RELATIONS, -1 for none."""
+    return torch.tensor([RELATIONS.index(name) if name else -1 for name in names], dtype=torch.long)
+
+
+def relation_loss(relation_logits: torch.Tensor, relations: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of p(r | s) (B, len(RELATIONS)) against the relation each sentence names (B,), -1 for
+    none: the words decide, not the scene (a target left of its landmark is often its nearest object too)."""
+    use = relations >= 0
     if not use.any():
         return relation_logits.sum() * 0.0
-    return -torch.log((p * unique).sum(1)[use].clamp_min(1e-6)).mean()
+    return F.cross_entropy(relation_logits[use].float(), relations[use])
 
 
 def relation_gain_loss(gain: torch.Tensor, landmark_centres: torch.Tensor) -> torch.Tensor:

@@ -167,14 +167,14 @@ def _raw(rng: np.random.Generator, text: str) -> str:
 
 
 def _sentence(raw: str, sent_id: int, kind: str, ranked_ann_ids: Optional[list[int]] = None,
-              landmark_ann_id: Optional[int] = None) -> dict:
+              landmark_ann_id: Optional[int] = None, relation: Optional[str] = None) -> dict:
     tokens = re.sub(r"[^a-z0-9\- ]", "", raw.lower()).split()
     # Interned so that the pickle is byte-identical whether workers were used or not.
     sentence = {"tokens": tokens, "raw": raw, "sent": " ".join(tokens), "sent_id": sent_id, "kind": sys.intern(kind)}
     if ranked_ann_ids is not None:
         sentence["ranked_ann_ids"] = ranked_ann_ids
     if landmark_ann_id is not None:
-        sentence["landmark_ann_id"] = landmark_ann_id
+        sentence["landmark_ann_id"], sentence["relation"] = landmark_ann_id, relation
     return sentence
 
 
@@ -187,16 +187,17 @@ def _ranked_members(query: Query, shapes: list[Shape]) -> Optional[tuple[int, ..
     return None
 
 
-def _landmark(query: Query) -> Optional[int]:
-    """The shape a relation places its target by ("the circle left of the star": the star), else None."""
-    return query.qualifier[2] if query.qualifier and query.qualifier[0] == "relation" else None
+def _landmark(query: Query) -> Optional[tuple[int, str]]:
+    """(the shape a relation places its target by, the relation): ("the circle left of the star": the star,
+    "left"), else None."""
+    return (query.qualifier[2], query.qualifier[1]) if query.qualifier and query.qualifier[0] == "relation" else None
 
 
 def _describe(rng: np.random.Generator, scene: Scene, height: int, width: int, absent_rate: float,
               sentences_per_object: int
-              ) -> list[tuple[int, str, list[tuple[str, str, Optional[tuple[int, ...]], Optional[int]]]]]:
+              ) -> list[tuple[int, str, list[tuple[str, str, Optional[tuple[int, ...]], Optional[tuple[int, str]]]]]]:
     """Refs of one scene as (target index or -1, category,
-    [(raw sentence, kind, ranked shape indices, landmark shape index)])."""
+    [(raw sentence, kind, ranked shape indices, (landmark shape index, relation) or None)])."""
     refs = []
     for t, shape in enumerate(scene.shapes):
         if shape.visible_fraction < MIN_TARGET_VISIBLE:

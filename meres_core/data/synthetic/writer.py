@@ -15,6 +15,7 @@ Layout under `out_dir` (readable by `meres_core.data.refer.ReferDataset` with
     synth/refs(synth).p            list of REFER ref dicts; sentences carry a `kind`, and those with
                                    an extreme, ordinal or relation qualifier the `ranked_ann_ids` it
                                    ranks, and those with a relation the `landmark_ann_id` it names
+                                   and the `relation` (left, right, above, below, nearest)
     depth/synth_000001.png         uint16 millimetres (optional)
     camera_info.json               pinhole intrinsics of the depth images (optional)
     meta.json                      seed, options and counts per split and kind
@@ -48,7 +49,7 @@ from .vocabulary import CATEGORY_IDS, KINDS
 
 VERSION = "1.6"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
 # 1.5: "nearest the <side> edge" wordings of the extremes, "the only <name>"; 1.6: relation sentences carry
-# `ranked_ann_ids` (every member of their base) and `landmark_ann_id` (scenes and words as 1.5)
+# `ranked_ann_ids` (every member of their base), `landmark_ann_id` and `relation` (scenes and words as 1.5)
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
@@ -178,8 +179,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
                     "ref_id": len(refs) + 1, "ann_id": ann_id, "image_id": job.image_id,
                     "category_id": CATEGORY_IDS[category], "split": split,
                     "sentences": [_sentence(raw, first + k, kind, None if ranked is None else [ann_ids[i] for i in ranked],
-                                            None if landmark is None else ann_ids[landmark])
-                                  for k, (raw, kind, ranked, landmark) in enumerate(sentences)],
+                                            *((None, None) if related is None else (ann_ids[related[0]], related[1])))
+                                  for k, (raw, kind, ranked, related) in enumerate(sentences)],
                     # REFER names a ref's file after image and annotation; loaders use instances.json instead.
                     "file_name": name if ann_id == -1 else f"{Path(name).stem}_{ann_id}.png",
                 }
