@@ -6,7 +6,7 @@ from meres_core.config import load_config
 from meres_core.data.transforms import preprocess_image
 from meres_core.model.candidate_rank import SIDES, candidate_ranks, centre_candidate_ranks
 from meres_core.model.coordinates import cell_centres
-from meres_core.model.instance_centres import (PEAK_THRESHOLD, CentreHead, centre_focal_loss, centre_heatmap,
+from meres_core.model.instance_centres import (PEAK_THRESHOLD, MapHead, centre_focal_loss, centre_heatmap,
                                                centre_peaks)
 from meres_core.model.meres import MERES
 
@@ -67,7 +67,7 @@ def test_focal_loss_is_centernets_and_learns_the_peaks():
     features[0, 0, 1:4, 1:4] = 1.0  # object A, centre (2, 2)
     features[0, 1, 4:7, 4:7] = 1.0  # object B, centre (5, 5)
     centres = torch.tensor([[_at(8, 8, 2, 2), _at(8, 8, 5, 5)]])
-    head = CentreHead(4)
+    head = MapHead(4)
     optimizer = torch.optim.Adam(head.parameters(), lr=0.01)
     for _ in range(400):
         loss = centre_focal_loss(head(features), centres)

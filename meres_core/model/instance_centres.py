@@ -34,8 +34,9 @@ PRIOR_PROBABILITY = 0.1  # the head's initial output, as CenterNet's bias init -
 FOCAL_ALPHA, FOCAL_BETA = 2.0, 4.0  # CenterNet's
 
 
-class CentreHead(nn.Module):
-    """fine (B, C, h, w) the decoder's last guided map -> centre logits (B, 1, h, w)."""
+class MapHead(nn.Module):
+    """fine (B, C, h, w) the decoder's last guided map -> one logit map (B, 1, h, w), starting near
+    PRIOR_PROBABILITY: the centre heatmap here, the landmark's mask in relation_pick.py."""
 
     def __init__(self, dim: int):
         super().__init__()

@@ -18,7 +18,7 @@ from .expression_extractor import VisualExpressionExtractor
 from .losses import dice, downsample_mask, pixel_contrastive, segmentation_bce, target_bce, upsample_logits
 from .no_target import NoTargetHead
 from .candidate_rank import CandidateRankPrior, gain_loss, pair_loss
-from .instance_centres import CentreHead, centre_focal_loss
+from .instance_centres import MapHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
 from .relation_pick import RelationPick, landmark_loss, relation_gain_loss, relation_loss
 
@@ -63,7 +63,7 @@ class MERES(nn.Module):
         self.candidate_rank = (CandidateRankPrior(self.text.dim, cfg.candidate_rank_hidden,
                                                   cfg.candidate_rank_pick)
                                if cfg.candidate_rank_prior else None)
-        self.centre_head = CentreHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
+        self.centre_head = MapHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
         self.relation_pick = RelationPick(self.text.dim, cfg.decoder_dims[-1]) if cfg.relation_pick else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)

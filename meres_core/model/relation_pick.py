@@ -10,7 +10,7 @@ here, as the rank pick does for ordinals (candidate_rank.RankPick):
   - the candidates are the centre heatmap's peaks on the decoder's mask (instance_centres.py); with
     meres-synth 1.6's `ranked_ann_ids` the decoder learns to cover every object of the base ("every
     circle") for relation sentences, as it does for extremes;
-  - a LandmarkHead on the decoder's last guided map segments the landmark the sentence names,
+  - a head on the decoder's last guided map (instance_centres.MapHead) segments the landmark the sentence names,
     trained with BCE against meres-synth 1.6's `landmark_ann_id`; its mask's centroid is L, and a
     candidate whose centre lies on that mask is the landmark, no candidate;
   - the sentence gives a distribution over the RELATIONS (fitted to the relation it names) and a
@@ -25,8 +25,6 @@ Zero-initialized pick and gain, so a warm-started model starts unchanged. Fixed-
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,23 +32,11 @@ from torch import nn
 from .candidate_rank import SCALE
 from .coordinates import cell_centres
 from .encoders import sentence_mean
-from .instance_centres import PRIOR_PROBABILITY, centre_peaks
+from .instance_centres import MapHead, centre_peaks
 from .position_prior import candidate_centroid
 
 RELATIONS = ("left", "right", "above", "below", "nearest")  # meres-synth's RELATION_WORDS
 RELATION_GAIN = 2.0  # relation_gain_loss's target where a sentence names a landmark, as candidate_rank.RANKING_GAIN
-
-
-class LandmarkHead(nn.Module):
-    """fine (B, C, h, w) the decoder's last guided map -> landmark logits (B, 1, h, w)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(dim, 1, 1))
-        nn.init.constant_(self.net[-1].bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
-
-    def forward(self, fine: torch.Tensor) -> torch.Tensor:
-        return self.net(fine)
 
 
 def relation_indicators(centres: torch.Tensor, eligible: torch.Tensor, landmark: torch.Tensor) -> torch.Tensor:
@@ -66,7 +52,7 @@ def relation_indicators(centres: torch.Tensor, eligible: torch.Tensor, landmark:
 class RelationPick(nn.Module):
     def __init__(self, text_dim: int, dim: int):
         super().__init__()
-        self.landmark = LandmarkHead(dim)
+        self.landmark = MapHead(dim)  # the landmark's mask
         self.relation = nn.Linear(text_dim, len(RELATIONS))  # p(r | s)
         self.gain = nn.Linear(text_dim, 1)  # g(s)
         for layer in (self.relation, self.gain):
