@@ -30,7 +30,7 @@ from torch import nn
 
 from .coordinates import cell_centres
 from .encoders import sentence_mean
-from .instance_centres import centre_peaks
+from .instance_centres import centre_peaks, nearest_peak
 
 SIDES = ("left", "right", "top", "bottom")
 MAX_RANK = 4  # "first" .. "fourth", the ordinals of meres-synth and the held-out scenes
@@ -92,10 +92,7 @@ def centre_candidate_ranks(logits: torch.Tensor, centre_logits: torch.Tensor) ->
     b, _, h, w = logits.shape
     keep = (torch.sigmoid(logits.detach().float()) > 0.5)[:, 0]  # (B, h, w)
     centres, valid = centre_peaks(centre_logits, keep)  # (B, K, 2), (B, K)
-    ys, xs = cell_centres(h, centres), cell_centres(w, centres)
-    grid = torch.stack([xs.expand(h, w).flatten(), ys[:, None].expand(h, w).flatten()], -1)  # (N, 2)
-    distance = ((grid[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, N, K), squared
-    nearest = distance.masked_fill(~valid[:, None], float("inf")).argmin(-1)  # (B, N)
+    nearest = nearest_peak(centres, valid, h, w)  # (B, N)
     own_centre = torch.gather(centres, 1, nearest[..., None].expand(-1, -1, 2))  # (B, N, 2)
     own_valid = keep.flatten(1) & valid.any(1, keepdim=True)
     return side_ranks(own_centre, own_valid, centres, valid).view(b, len(SIDES), h, w)

@@ -60,13 +60,27 @@ def centre_peaks(centre_logits: torch.Tensor, on: torch.Tensor) -> tuple[torch.T
     return centres, value > 0
 
 
+def cell_of(centres: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """centres (..., 2) x, y in [-1, 1] -> (row, col), each (...) float: the cell of an h x w map each lies in."""
+    col = ((centres[..., 0] + 1) / 2 * w).floor().clamp(0, w - 1)
+    row = ((centres[..., 1] + 1) / 2 * h).floor().clamp(0, h - 1)
+    return row, col
+
+
+def nearest_peak(centres: torch.Tensor, valid: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """centres (B, K, 2) of the peaks, valid (B, K) -> (B, h * w) long: each cell's nearest valid peak."""
+    ys, xs = cell_centres(h, centres), cell_centres(w, centres)
+    grid = torch.stack([xs.expand(h, w).flatten(), ys[:, None].expand(h, w).flatten()], -1)  # (N, 2)
+    distance = ((grid[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, N, K), squared
+    return distance.masked_fill(~valid[:, None], float("inf")).argmin(-1)
+
+
 def centre_heatmap(centres: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """centres (B, M, 2) x, y in [-1, 1], NaN rows for none -> CenterNet's target (B, 1, h, w): a
     Gaussian about the cell of each centre, 1 on that cell, the maximum where they overlap."""
     valid = ~centres.isnan().any(-1)  # (B, M)
     centres = torch.nan_to_num(centres)
-    col = ((centres[..., 0] + 1) / 2 * w).floor().clamp(0, w - 1)  # (B, M)
-    row = ((centres[..., 1] + 1) / 2 * h).floor().clamp(0, h - 1)
+    row, col = cell_of(centres, h, w)  # (B, M) each
     grid_y = torch.arange(h, device=centres.device, dtype=centres.dtype)
     grid_x = torch.arange(w, device=centres.device, dtype=centres.dtype)
     d2 = (grid_y[None, None, :, None] - row[..., None, None]) ** 2 + (grid_x[None, None, None, :] - col[..., None, None]) ** 2

@@ -32,7 +32,7 @@ from torch import nn
 from .candidate_rank import SCALE
 from .coordinates import cell_centres
 from .encoders import sentence_mean
-from .instance_centres import MapHead, centre_peaks
+from .instance_centres import MapHead, cell_of, centre_peaks, nearest_peak
 from .position_prior import candidate_centroid
 
 RELATIONS = ("left", "right", "above", "below", "nearest")  # meres-synth's RELATION_WORDS
@@ -73,18 +73,14 @@ class RelationPick(nn.Module):
         ys, xs = cell_centres(h, centres), cell_centres(w, centres)
         landmark = torch.stack(candidate_centroid(landmark_logits, xs, ys), -1)  # L (B, 2)
         # A candidate whose centre cell is on the landmark's mask is the landmark.
-        col = ((centres[..., 0] + 1) / 2 * w).floor().clamp(0, w - 1).long()
-        row = ((centres[..., 1] + 1) / 2 * h).floor().clamp(0, h - 1).long()
-        on_landmark = landmark_logits.detach()[:, 0].flatten(1).gather(1, row * w + col) > 0  # (B, K)
+        row, col = cell_of(centres, h, w)
+        cell = (row * w + col).long()  # (B, K)
+        on_landmark = landmark_logits.detach()[:, 0].flatten(1).gather(1, cell) > 0  # (B, K)
         relation_logits = self.relation(sentence)
         p_relation = torch.softmax(relation_logits.float(), -1)  # (B, R)
         indicators = relation_indicators(centres, valid & ~on_landmark, landmark)  # (B, R, K)
         match = torch.einsum("br,brk->bk", p_relation, indicators)  # (B, K)
-        # Each mask pixel is the nearest peak's, as in candidate_rank.centre_candidate_ranks.
-        grid = torch.stack([xs.expand(h, w).flatten(), ys[:, None].expand(h, w).flatten()], -1)  # (N, 2)
-        distance = ((grid[None, :, None, :] - centres[:, None, :, :]) ** 2).sum(-1)  # (B, N, K)
-        own = distance.masked_fill(~valid[:, None], float("inf")).argmin(-1)  # (B, N)
-        own_match = match.gather(1, own)  # (B, N)
+        own_match = match.gather(1, nearest_peak(centres, valid, h, w))  # (B, N): each pixel is its nearest peak's
         several = valid.sum(1, keepdim=True) >= 2  # a lone candidate is left alone, as RankPick does
         on_candidate = (keep.flatten(1) & several).float()
         gain = self.gain(sentence).float()[:, 0]  # (B,)
