@@ -33,11 +33,13 @@ def tiny_model(tiny_cfg):
 
 @pytest.fixture(scope="session")
 def make_tiny_with_deviations():
-    """A factory of tiny models with the demo model's deviations (priors, rank pick, no-target head) and
-    non-zero weights in them so that they act: what the ONNX and compiled backends must reproduce."""
+    """A factory of tiny models with the demo model's deviations (priors, rank pick, centre heatmap,
+    relation pick, no-target head) and non-zero weights in them so that they act: what the ONNX and
+    compiled backends must reproduce."""
     def make():
         cfg = load_config("tiny", overrides={"model": {"coord_features": True, "sentence_position_prior": True,
                                                        "candidate_rank_prior": True, "candidate_rank_pick": True,
+                                                       "candidate_centres": True, "relation_pick": True,
                                                        "no_target_head": True}})
         torch.manual_seed(0)
         model = MERES(cfg.model).eval()
@@ -48,6 +50,16 @@ def make_tiny_with_deviations():
             model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
             model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
             model.no_target.mlp[-1].bias.zero_()
+            # Several centre peaks and a landmark, so that the relation pick acts (8 peaks on random
+            # pixels); logits within +-20, since sigmoid saturating to 1.0 ties peaks, which torch and
+            # onnxruntime order differently. Its own generator keeps the weights above as they were.
+            generator = torch.Generator().manual_seed(1)
+            for head in (model.centre_head, model.relation_pick.landmark):
+                head.net[0].weight.normal_(0.0, 0.5, generator=generator)
+                head.net[-1].weight.normal_(0.0, 0.5, generator=generator)
+                head.net[-1].bias.zero_()
+            model.relation_pick.relation.weight.normal_(0.0, 0.3, generator=generator)
+            model.relation_pick.gain.weight.normal_(0.0, 0.1, generator=generator)
         return model, cfg
 
     return make
