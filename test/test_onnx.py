@@ -18,10 +18,13 @@ SENTENCES = ["the red circle", "the blue square on the right side of the picture
 def exported(tmp_path_factory, make_tiny_with_deviations):
     model, cfg = make_tiny_with_deviations()
     with torch.no_grad():
-        # The rank prior acts only on candidates (p > 0.5): make sure this random model has some.
+        # The rank prior and the relation pick act only on candidates (p > 0.5) with two or more centre
+        # peaks: make sure this random model has them.
         text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
-        out, _ = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
-        assert (model.candidate_rank(out.logits, text, valid)[0] != 0).any()
+        out, (_, fine) = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
+        centre_logits = model.centre_head(fine)
+        assert (model.candidate_rank(out.logits, text, valid, centre_logits)[0] != 0).any()
+        assert (model.relation_pick(out.logits, centre_logits, fine, text, valid)[0] != 0).any()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
     return model, cfg, path
 
