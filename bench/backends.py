@@ -46,18 +46,20 @@ def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str, compi
     pixels = preprocess_image(frame(3), model.cfg.vision.img_size)[None].to(device)
     candidates = {}
     for k in (1, 4):
-        text, valid = segmenter._text_features(SENTENCES[:k])
-        candidates[f"eager_fp32_k{k}"] = lambda t=text, v=valid: eager(pixels, t, v)
-        candidates[f"onnxruntime_k{k}"] = lambda t=text, v=valid: session(pixels, t, v)
+        rows = model.landmark_rows(SENTENCES[:k])
+        text, valid = segmenter._text_features(rows.sentences)
+        landmarks = rows.landmark_index.to(device)
+        candidates[f"eager_fp32_k{k}"] = lambda t=text, v=valid, i=landmarks: eager(pixels, t, v, i)
+        candidates[f"onnxruntime_k{k}"] = lambda t=text, v=valid, i=landmarks: session(pixels, t, v, i)
 
-        def default_precision(t=text, v=valid):
+        def default_precision(t=text, v=valid, i=landmarks):
             with autocast(default.dtype, default.device):
-                eager_default(pixels, t, v)
+                eager_default(pixels, t, v, i)
 
         precision = precision_name(default.dtype)
         candidates[f"eager_{precision}_k{k}"] = default_precision
         if compiled is not None:
-            candidates[f"compiled_{precision}_k{k}"] = lambda t=text, v=valid: compiled._image_path(pixels, t, v)
+            candidates[f"compiled_{precision}_k{k}"] = lambda t=text, v=valid, i=landmarks: compiled._image_path(pixels, t, v, i)
     with torch.inference_mode():
         times = interleaved(candidates, rounds=rounds, device=device)
     out = {"times": times, "providers": session.session.get_providers(),

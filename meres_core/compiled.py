@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .device import autocast
-from .export_onnx import ImagePath, example_inputs
+from .export_onnx import ImagePath, example_inputs, no_landmarks
 from .model.meres import MERES
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ COMPILE_AFTER_CALLS = 50
 # Calls of each path that `auto` times, alternating, before it keeps the package or eager (after one
 # untimed call each: the first call of a path pays its one-off set-up).
 TRIAL_CALLS = 8
-FORMAT = 1  # bump when what is compiled changes, so old packages are not loaded
+FORMAT = 2  # bump when what is compiled changes, so old packages are not loaded
 
 
 def cache_dir() -> Path:
@@ -73,9 +73,10 @@ class _PrecisionImagePath(nn.Module):
         self.path = ImagePath(model)
         self.dtype, self.device = dtype, device
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
+                landmark_index: torch.Tensor) -> torch.Tensor:
         with autocast(self.dtype, self.device):
-            return self.path(pixels, text, text_valid).float()
+            return self.path(pixels, text, text_valid, landmark_index).float()
 
 
 def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
@@ -111,7 +112,8 @@ def compile_package(model: MERES, dtype: torch.dtype, device: torch.device, path
     start = time.perf_counter()
     with torch.inference_mode():
         program = torch.export.export(wrapper, inputs, dynamic_shapes={
-            "pixels": None, "text": {0: sentences, 1: tokens}, "text_valid": {0: sentences, 1: tokens}})
+            "pixels": None, "text": {0: sentences, 1: tokens}, "text_valid": {0: sentences, 1: tokens},
+            "landmark_index": {0: sentences}})
     # Write beside the target and rename: a process starting meanwhile never loads half a package.
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         partial = Path(scratch) / path.name
@@ -139,8 +141,9 @@ class CompiledImagePath:
                                    f"{error}); it needs a C++ compiler (g++) on CPU. Use backend 'torch'.") from error
         self._runner = torch._inductor.aoti_load_package(str(self.path))
 
-    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
-        return self._runner(pixels, text, text_valid)
+    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
+                 landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self._runner(pixels, text, text_valid, no_landmarks(text, landmark_index).to(pixels.device))
 
 
 class BackgroundCompile:

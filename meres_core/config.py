@@ -129,12 +129,12 @@ class ModelConfig:
     # components, which merge touching objects (model/instance_centres.py). Off in `paper` and `demo`.
     candidate_centres: bool = False
     centre_weight: float = 1.0
-    # Not in the paper: "the circle nearest the red square": a landmark head, and a distribution over
-    # relations to it with a gain, that picks among the centre heatmap's candidates (MAttNet's relation
-    # module; model/relation_pick.py). Needs candidate_centres. Weights: BCE of the landmark mask, -log
-    # likelihood of the target's relation, squared error of the gain (on for relation sentences only).
+    # Not in the paper: "the circle nearest the red square": the landmark phrase ("the red square")
+    # segmented as a sentence of its own, and a distribution over relations to it with a gain, that
+    # picks among the centre heatmap's candidates (MAttNet's relation module; model/relation_pick.py).
+    # Needs candidate_centres. Weights: -log likelihood of the target's relation, squared error of the
+    # gain (on for relation sentences only); the phrase rows train with the segmentation loss.
     relation_pick: bool = False
-    landmark_weight: float = 1.0
     relation_pick_weight: float = 1.0
     relation_gain_weight: float = 1.0
     # Not in the paper: a no-target classifier (ReLA's) folded into the mask, p = sigmoid(l) sigmoid(t),
@@ -195,8 +195,8 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.centre_weight must be >= 0")
     if m.relation_pick and not m.candidate_centres:
         raise ValueError("model.relation_pick needs model.candidate_centres (it picks among their peaks)")
-    if min(m.landmark_weight, m.relation_pick_weight, m.relation_gain_weight) < 0:
-        raise ValueError("model.landmark_weight, relation_pick_weight and relation_gain_weight must be >= 0")
+    if min(m.relation_pick_weight, m.relation_gain_weight) < 0:
+        raise ValueError("model.relation_pick_weight and relation_gain_weight must be >= 0")
     if m.candidate_rank_hidden < 0 or (m.candidate_rank_hidden and not m.candidate_rank_prior):
         raise ValueError("model.candidate_rank_hidden must be >= 0 and needs model.candidate_rank_prior")
     if m.candidate_rank_pick and not m.candidate_rank_prior:

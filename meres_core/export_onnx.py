@@ -8,6 +8,8 @@ PyTorch, run once per new sentence:
     pixels      float32 (1, 3, S, S)   meres_core.data.transforms.preprocess_image, S = vision.img_size
     text        float32 (E, T, D_t)    Q_l of E sentences (Segmenter._text_features), T tokens
     text_valid  bool    (E, T)         False on padding
+    landmark_index int64 (E,)          the row of each sentence's landmark phrase, -1 for none
+                                       (MERES.landmark_rows; all -1 without the relation pick)
     -> logits   float32 (E, 1, S/4, S/4)
 
     python -m meres_core.export_onnx --checkpoint demo --out meres_demo.onnx
@@ -38,26 +40,34 @@ from .model.meres import MERES
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("pixels", "text", "text_valid")
+INPUTS = ("pixels", "text", "text_valid", "landmark_index")
 OPSET = 18
 
 
 class ImagePath(nn.Module):
-    """MERES after the language encoder: (pixels, text, text_valid) -> logits."""
+    """MERES after the language encoder: (pixels, text, text_valid, landmark_index) -> logits."""
 
     def __init__(self, model: MERES):
         super().__init__()
         self.model = model
 
-    def forward(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(self.model.encode_image(pixels), text, text_valid).logits
+    def forward(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
+                landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model.decode(self.model.encode_image(pixels), text, text_valid, landmark_index).logits
+
+
+def no_landmarks(text: torch.Tensor, landmark_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """landmark_index on the CPU; None: no sentence names a landmark phrase (all -1)."""
+    return torch.full((text.shape[0],), -1) if landmark_index is None else landmark_index.cpu()
 
 
 def example_inputs(model: MERES, sentences: int = 2, tokens: int = 6) -> tuple[torch.Tensor, ...]:
     size = model.cfg.vision.img_size
     valid = torch.ones(sentences, tokens, dtype=torch.bool)
     valid[1:, tokens // 2:] = False  # padding in the example, so the graph is traced with it
-    return torch.randn(1, 3, size, size), torch.randn(sentences, tokens, model.text.dim), valid
+    landmark_index = torch.full((sentences,), -1, dtype=torch.long)
+    landmark_index[0] = sentences - 1  # the first sentence names a landmark phrase, the last row
+    return torch.randn(1, 3, size, size), torch.randn(sentences, tokens, model.text.dim), valid, landmark_index
 
 
 def export(model: MERES, path: str | Path, metadata: Optional[dict] = None) -> Path:
@@ -81,7 +91,8 @@ def export(model: MERES, path: str | Path, metadata: Optional[dict] = None) -> P
                 ImagePath(model).eval(), example_inputs(model), dynamo=True, opset_version=OPSET,
                 input_names=list(INPUTS), output_names=["logits"],
                 dynamic_shapes={"pixels": None, "text": {0: sentences, 1: tokens},
-                                "text_valid": {0: sentences, 1: tokens}}, verbose=False)
+                                "text_valid": {0: sentences, 1: tokens}, "landmark_index": {0: sentences}},
+                verbose=False)
         import onnx
 
         proto = program.model_proto
@@ -143,10 +154,14 @@ class OnnxImagePath:
         if wrong:
             raise ValueError(f"{self.path} was exported for another model: (file, model) {wrong}")
         self.metadata = meta
+        self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor) -> torch.Tensor:
+    def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
+                 landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         feeds = {"pixels": pixels.float().cpu().numpy(), "text": text.float().cpu().numpy(),
-                 "text_valid": text_valid.cpu().numpy()}
+                 "text_valid": text_valid.cpu().numpy(), "landmark_index": no_landmarks(text, landmark_index).numpy()}
+        # A model without the relation pick has no use for landmark_index: the exporter drops the input.
+        feeds = {name: feeds[name] for name in self.inputs}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
 

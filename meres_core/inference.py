@@ -211,19 +211,22 @@ class Segmenter:
         height, width = image.shape[:2]
 
         t0 = self._sync()
+        rows = self.model.landmark_rows(expressions)  # the landmark phrases they name: rows of their own
+        landmark_index = rows.landmark_index.to(self.device)
         with autocast(self.dtype, self.device):
-            text, valid = self._text_features(expressions)
+            text, valid = self._text_features(rows.sentences)
             t1 = self._sync()
             pixels = preprocess_image(image, self.cfg.model.vision.img_size)[None].to(self.device)
             image_path = self._image_path or (self._background.runner() if self._background else None)
             if image_path is not None:  # vision, extractor and decoder in one graph: timed as "vision"
-                logits = image_path(pixels, text, valid)
+                logits = image_path(pixels, text, valid, landmark_index)
                 t2 = t3 = self._sync()
             else:
                 features = self.model.encode_image(pixels)
                 t2 = self._sync()
-                logits = self.model.decode(features, text, valid).logits  # (E, 1, h, w)
+                logits = self.model.decode(features, text, valid, landmark_index).logits  # (E + P, 1, h, w)
                 t3 = self._sync()
+            logits = logits[: len(expressions)]
             if self._background:
                 self._background.record(image_path is not None, t3 - t1)
         probability = torch.sigmoid(F.interpolate(logits.float(), size=(height, width), mode="bilinear",

@@ -50,15 +50,14 @@ def make_tiny_with_deviations():
             model.candidate_rank.pick.gain.weight.normal_(0.0, 0.3)
             model.no_target.mlp[-1].weight.normal_(0.0, 0.3)
             model.no_target.mlp[-1].bias.zero_()
-            # Several centre peaks and a landmark, so that the relation pick acts (8 peaks on random
+            # Several centre peaks, so that the relation pick acts (8 peaks on random
             # pixels); logits within +-20, since sigmoid saturating to 1.0 ties peaks, which torch and
             # onnxruntime order differently (test_onnx checks that the pick acts). Drawn from a generator of
             # their own, so that they do not depend on the draws above.
             generator = torch.Generator().manual_seed(1)
-            for head in (model.centre_head, model.relation_pick.landmark):
-                head.net[0].weight.normal_(0.0, 0.5, generator=generator)
-                head.net[-1].weight.normal_(0.0, 0.5, generator=generator)
-                head.net[-1].bias.zero_()
+            model.centre_head.net[0].weight.normal_(0.0, 0.5, generator=generator)
+            model.centre_head.net[-1].weight.normal_(0.0, 0.5, generator=generator)
+            model.centre_head.net[-1].bias.zero_()
             model.relation_pick.relation.weight.normal_(0.0, 0.3, generator=generator)
             model.relation_pick.gain.weight.normal_(0.0, 0.1, generator=generator)
         return model, cfg

@@ -17,7 +17,8 @@ from meres_core.export_onnx import ImagePath
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
 
-SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
+SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle",
+             "the red circle left of the blue square"]  # its landmark phrase is a row of its own
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +182,10 @@ def test_auto_keeps_eager_when_the_package_is_slower(tiny, scene, tmp_path, capl
     auto = Segmenter(model, cfg, device="cpu", precision="fp32")
     eager_path, calls = ImagePath(auto.model), []
 
-    def slower_package(pixels, text, valid):
+    def slower_package(pixels, text, valid, landmark_index):
         calls.append(len(text))
         time.sleep(0.02)
-        return eager_path(pixels, text, valid)
+        return eager_path(pixels, text, valid, landmark_index)
 
     background = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=tmp_path, compile_after_calls=1)
     background._use(slower_package)

@@ -11,7 +11,8 @@ pytest.importorskip("onnxscript")
 from meres_core.export_onnx import ImagePath, OnnxImagePath, export  # noqa: E402
 from meres_core.inference import Segmenter  # noqa: E402
 
-SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle"]
+SENTENCES = ["the red circle", "the blue square on the right side of the picture", "circle",
+             "the red circle left of the blue square"]  # its landmark phrase is a row of its own
 
 
 @pytest.fixture(scope="module")
@@ -20,11 +21,13 @@ def exported(tmp_path_factory, make_tiny_with_deviations):
     with torch.no_grad():
         # The rank prior and the relation pick act only on candidates (p > 0.5) with two or more centre
         # peaks: make sure this random model has them.
-        text, valid = model.encode_text(*model.tokenize(["the second circle from the left"]))
+        text, valid = model.encode_text(*model.tokenize(["the second circle from the left", "the square"]))
         out, (_, fine) = model._guide(model.encode_image(torch.randn(1, 3, 64, 64)), text, valid)
         centre_logits = model.centre_head(fine)
         assert (model.candidate_rank(out.logits, text, valid, centre_logits)[0] != 0).any()
-        assert (model.relation_pick(out.logits, centre_logits, fine, text, valid)[0] != 0).any()
+        landmark = out.logits[[1, 1]]  # "the square" as both sentences' landmark
+        assert (model.relation_pick(out.logits, centre_logits, landmark, torch.tensor([True, True]), text, valid)[0]
+                != 0).any()
     path = export(model, tmp_path_factory.mktemp("onnx") / "tiny.onnx", {"source": "test"})
     return model, cfg, path
 
@@ -38,9 +41,11 @@ def test_onnxruntime_agrees_with_eager_for_any_sentence_and_token_count(exported
         text = torch.randn(sentences, tokens, model.text.dim)
         valid = torch.ones(sentences, tokens, dtype=torch.bool)
         valid[-1, 2:] = False
+        landmark_index = torch.full((sentences,), -1)
+        landmark_index[0] = sentences - 1  # the last row is the first one's landmark phrase
         with torch.inference_mode():
-            eager = ImagePath(model)(pixels, text, valid)
-        torch.testing.assert_close(session(pixels, text, valid), eager, atol=1e-4, rtol=1e-4)
+            eager = ImagePath(model)(pixels, text, valid, landmark_index)
+        torch.testing.assert_close(session(pixels, text, valid, landmark_index), eager, atol=1e-4, rtol=1e-4)
 
 
 def test_segmenter_onnx_backend_gives_the_torch_masks(exported, scene):

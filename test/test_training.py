@@ -7,6 +7,7 @@ with wide margins, and all runs are deterministic on CPU with one thread.
 """
 import itertools
 import json
+import math
 import os
 import pickle
 import re
@@ -25,6 +26,7 @@ from meres_core.checkpoint import load_checkpoint
 from meres_core.config import load_config, merge, parse_overrides
 from meres_core.data.refer import ReferDataset, collate_samples
 from meres_core.data.synthetic import generate
+from meres_core.model.landmark_phrase import landmark_phrase
 from meres_core.model.meres import MERES
 from training import evaluate, train
 from training.config import DataConfig, load_train_config
@@ -240,6 +242,28 @@ def test_a_training_step_trains_the_centre_head_on_the_ranked_centres(tmp_path, 
     before = trainer.model.centre_head.net[0].weight.detach().clone()
     losses = trainer.train_step([batch])
     assert losses["centres"] > 0 and not torch.equal(trainer.model.centre_head.net[0].weight, before)
+
+
+def test_a_training_step_adds_each_landmark_phrase_as_a_row_trained_on_the_landmark(tmp_path):
+    root = tmp_path / "synth"  # seed 3: a scene with relation sentences (meres-synth 1.6's landmark_ann_id)
+    generate(root, 1, seed=3, height=96, width=128, depth=False, absent_fraction=0.0, split_fractions=(1, 0, 0))
+    config = write_config(tmp_path / "cfg.yaml", root, tmp_path / "run", batch_size=4, eval={"overlays": 0},
+                          model={"candidate_rank_prior": True, "candidate_centres": True, "relation_pick": True})
+    trainer = train.Trainer(load_train_config(config), train.Runtime(0, 1, torch.device("cpu")), progress_bar=False)
+    dataset = trainer.loader.dataset
+    samples = [dataset[i] for i in range(len(dataset))]
+    related = [s for s in samples if not math.isnan(s["landmark_centre"][0])]
+    unrelated = [s for s in samples if s["relation"] == ""]
+    batch = collate_samples(related[:2] + unrelated[:2])
+    images, image_index = train.distinct_images(batch)
+    rows, row_image, landmark_index = train.with_landmark_phrases(trainer.model, batch, image_index)
+    assert rows["sentence"][4:] == [landmark_phrase(s) for s in batch["sentence"][:2]]
+    assert landmark_index.tolist() == [4, 5, -1, -1, -1, -1] and torch.equal(row_image[4:], image_index[:2])
+    assert torch.equal(rows["mask"][4:], batch["landmark_mask"][:2])  # the phrase learns the landmark's mask
+    assert rows["relation"][4:] == ["", ""] and torch.isnan(rows["landmark_centre"][4:]).all()
+    before = trainer.model.relation_pick.relation.weight.detach().clone()
+    losses = trainer.train_step([batch])
+    assert losses["relation"] > 0 and not torch.equal(trainer.model.relation_pick.relation.weight, before)
 
 
 def test_train_only_trains_the_listed_parameters_and_nothing_else(tmp_path, scene_root):

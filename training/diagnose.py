@@ -29,6 +29,7 @@ from meres_core.data.refer import decode_segmentation, load_refs
 from meres_core.data.synthetic.vocabulary import COLOR_WORDS, NOUNS
 from meres_core.inference import Segmenter
 from meres_core.metrics import centroid_on_target
+from meres_core.model.landmark_phrase import NEAREST, SIDE_OF, landmark_phrase
 
 from .scenes import load_scenes, scene_arguments
 
@@ -36,12 +37,7 @@ OUTCOMES = ("on target", "not found", "landmark", "same shape", "same colour", "
             "rejected", "found absent")
 AREA_BIN = 3000  # px: the held-out diagnosis of stage 10 split small targets at 3000
 # A spatial sentence names an edge ("the leftmost circle", "the circle nearest the left edge") or a
-# landmark: a side of it ("the circle left of the red square") or nearness ("the circle closest to
-# the red square"). Landmarks are colour / shape phrases, never a side, so "closest to the left side"
-# stays an edge.
-_SIDE = r"(?!(left|right|top|bottom)\b)"
-_NEAREST = re.compile(rf"\b(closest to|nearest to|nearest|next to|beside) the {_SIDE}")
-_SIDE_OF = re.compile(rf"\b(left of|right of|above|over|higher than|below|under|beneath|lower than) the {_SIDE}")
+# landmark (meres_core.model.landmark_phrase): a side of it or nearness.
 
 
 # The landmark's words: meres-synth's nouns and colour words (the held-out renderer says the category names).
@@ -53,10 +49,9 @@ _CATEGORY_OF_NOUN = sorted(((noun, category) for category, nouns in NOUNS.items(
 def landmark_name(sentence: str) -> Optional[tuple[Optional[str], Optional[str]]]:
     """(category, colour) of the object a relational sentence places its target by (None: unsaid); None when
     the sentence names no landmark."""
-    match = _NEAREST.search(sentence) or _SIDE_OF.search(sentence)
-    if match is None:
+    tail = landmark_phrase(sentence)
+    if tail is None:
         return None
-    tail = sentence[match.end():]
     colour = next((_COLOUR_OF_WORD[word] for word in tail.split() if word in _COLOUR_OF_WORD), None)
     category = next((category for noun, category in _CATEGORY_OF_NOUN if re.search(rf"\b{noun}\b", tail)), None)
     return (category, colour) if category or colour else None
@@ -64,9 +59,9 @@ def landmark_name(sentence: str) -> Optional[tuple[Optional[str], Optional[str]]
 
 def spatial_wording(sentence: str) -> str:
     """'nearest', 'side of' (a landmark) or 'edge' for a spatial sentence (meres-synth and held-out wordings)."""
-    if _NEAREST.search(sentence):
+    if NEAREST.search(sentence):
         return "nearest"
-    return "side of" if _SIDE_OF.search(sentence) else "edge"
+    return "side of" if SIDE_OF.search(sentence) else "edge"
 
 
 BREAKDOWNS: dict[str, Callable[[dict], object]] = {

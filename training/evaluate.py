@@ -36,7 +36,7 @@ from meres_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from meres_core.device import autocast, precision_name, select_device, select_dtype
 from meres_core.inference import Segmenter
 from meres_core.metrics import PixelPR, SegmentationMetrics, calibrate_presence, format_table
-from meres_core.model.meres import MERES
+from meres_core.model.meres import MERES, MeresOutput
 from meres_core.visualize import draw_overlay
 
 from .config import DataConfig
@@ -47,6 +47,14 @@ log = logging.getLogger("training.evaluate")
 # The presence calibration keeps at least this share of present targets found (issue 8's floor).
 PRESENT_FOUND_FLOOR = 0.95
 GT_OUTLINE_RGB = (255, 255, 255)  # ground-truth contour on overlays; predictions use the overlay palette
+
+
+def forward_one_image_each(model: MERES, images: torch.Tensor, sentences: list[str]) -> MeresOutput:
+    """MERES on B images (B, 3, H, W) and their B sentences, with the landmark phrases they name as rows
+    after them (MERES.landmark_rows): the first B rows of the output are the sentences'."""
+    rows = model.landmark_rows(sentences, range(len(sentences)))
+    input_ids, attention_mask = model.tokenize(rows.sentences)
+    return model(images, input_ids, attention_mask, rows.source.to(images.device), rows.landmark_index.to(images.device))
 
 
 @torch.inference_mode()
@@ -60,9 +68,9 @@ def predict(model: MERES, loader: DataLoader, device: torch.device, resolution: 
     for batch in loader:
         if batch is None:  # every sample of the batch was broken
             continue
-        input_ids, attention_mask = model.tokenize(batch["sentence"])
         with autocast(dtype, device):
-            logits = model(batch["image"].to(device), input_ids, attention_mask).logits.float()
+            logits = forward_one_image_each(model, batch["image"].to(device), batch["sentence"]).logits
+        logits = logits[: len(batch["sentence"])].float()
         if resolution == "original":
             targets = list(batch["orig_mask"])
         else:

@@ -25,7 +25,7 @@ from meres_core.metrics import calibrate_presence
 from meres_core.model_source import ModelSource
 from training.config import DataConfig
 from training.data import make_dataset, make_eval_loader
-from training.evaluate import PRESENT_FOUND_FLOOR
+from training.evaluate import PRESENT_FOUND_FLOOR, forward_one_image_each
 
 
 def presence_rows(segmenter, dataset, batch_size: int = 16) -> list[dict]:
@@ -39,8 +39,7 @@ def presence_rows(segmenter, dataset, batch_size: int = 16) -> list[dict]:
     try:
         with torch.inference_mode():
             for batch in make_eval_loader(dataset, batch_size, 0):
-                ids, attention = model.tokenize(batch["sentence"])
-                out = model(batch["image"], ids, attention)
+                out = forward_one_image_each(model, batch["image"], batch["sentence"])
                 size = batch["image"].shape[-2:]
                 maps = {"with_head": out.logits, "mask_only": mask_logits["l"]}
                 maps = {k: torch.sigmoid(F.interpolate(v.float(), size=size, mode="bilinear", align_corners=False))[:, 0]

@@ -201,11 +201,10 @@ class LossModel(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images, masks, input_ids, attention_mask, image_index=None,
-                ranked_masks=None, ranked_centres=None, landmark_masks=None,
-                landmark_centres=None, relations=None) -> dict[str, torch.Tensor]:
-        return self.model.compute_loss(self.model(images, input_ids, attention_mask, image_index), masks, ranked_masks,
-                                       ranked_centres, landmark_masks, landmark_centres, relations)
+    def forward(self, images, masks, input_ids, attention_mask, image_index=None, landmark_index=None,
+                ranked_masks=None, ranked_centres=None, landmark_centres=None, relations=None) -> dict[str, torch.Tensor]:
+        out = self.model(images, input_ids, attention_mask, image_index, landmark_index)
+        return self.model.compute_loss(out, masks, ranked_masks, ranked_centres, landmark_centres, relations)
 
 
 def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,6 +214,22 @@ def distinct_images(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     _, image_index, counts = torch.unique_consecutive(ids, return_inverse=True, return_counts=True)
     first = torch.cumsum(counts, 0) - counts
     return batch["image"][first], image_index
+
+
+def with_landmark_phrases(model: MERES, batch: dict, image_index: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The batch with a row for each landmark phrase its relation sentences name (MERES.landmark_rows), on
+    the sentence's image and trained toward the landmark's mask (meres-synth 1.6's `landmark_ann_id`; a
+    sentence whose data names no landmark gets no row) -> (batch, image_index, landmark_index)."""
+    known = ~torch.isnan(batch["landmark_centre"][:, 0])
+    rows = model.landmark_rows(batch["sentence"], image_index.tolist(), known.tolist())
+    extra = rows.source[rows.batch:]  # (P,) the sentence each phrase row comes from
+    ranked_centres = torch.full((len(extra),) + batch["ranked_centres"].shape[1:], float("nan"))
+    ranked_centres[:, 0] = batch["landmark_centre"][extra]  # a phrase ranks nothing: its centre is its own
+    added = {"mask": batch["landmark_mask"][extra], "ranked_mask": batch["landmark_mask"][extra],
+             "ranked_centres": ranked_centres, "landmark_centre": torch.full((len(extra), 2), float("nan"))}
+    batch = {**batch, **{key: torch.cat([batch[key], value]) for key, value in added.items()},
+             "sentence": rows.sentences, "relation": list(batch["relation"]) + [""] * len(extra)}
+    return batch, torch.cat([image_index, image_index[extra]]), rows.landmark_index
 
 
 # ------------------------------------------------------------------------------ trainer
@@ -418,14 +433,15 @@ class Trainer:
                                    f"data.image_root ({self.cfg.data.root}, {self.cfg.data.image_root})")
             sync = i == accumulation - 1 or not self.rt.distributed
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                input_ids, attention_mask = self.model.tokenize(batch["sentence"])
                 images, image_index = distinct_images(batch)
+                batch, image_index, landmark_index = with_landmark_phrases(self.model, batch, image_index)
+                input_ids, attention_mask = self.model.tokenize(batch["sentence"])
                 with autocast(self.dtype, device):
                     losses = self.ddp(images.to(device, non_blocking=True), batch["mask"].to(device, non_blocking=True),
                                       input_ids, attention_mask, image_index.to(device, non_blocking=True),
+                                      landmark_index.to(device, non_blocking=True),
                                       batch["ranked_mask"].to(device, non_blocking=True),
                                       batch["ranked_centres"].to(device, non_blocking=True),
-                                      batch["landmark_mask"].to(device, non_blocking=True),
                                       batch["landmark_centre"].to(device, non_blocking=True),
                                       relation_ids(batch["relation"]).to(device, non_blocking=True))
                 self.scaler.scale(losses["loss"] / accumulation).backward()

@@ -36,7 +36,7 @@ FOCAL_ALPHA, FOCAL_BETA = 2.0, 4.0  # CenterNet's
 
 class MapHead(nn.Module):
     """fine (B, C, h, w) the decoder's last guided map -> one logit map (B, 1, h, w), starting near
-    PRIOR_PROBABILITY: the centre heatmap here, the landmark's mask in relation_pick.py."""
+    PRIOR_PROBABILITY: the centre heatmap."""
 
     def __init__(self, dim: int):
         super().__init__()

@@ -20,7 +20,8 @@ from .no_target import NoTargetHead
 from .candidate_rank import CandidateRankPrior, gain_loss, pair_loss
 from .instance_centres import MapHead, centre_focal_loss
 from .position_prior import SentencePositionPrior
-from .relation_pick import RelationPick, landmark_loss, relation_gain_loss, relation_loss
+from .landmark_phrase import LandmarkRows, landmark_rows
+from .relation_pick import RelationPick, relation_gain_loss, relation_loss
 
 
 @dataclass
@@ -34,7 +35,6 @@ class MeresOutput:
     centre_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) the candidates' centres, when configured
     rank_pair_logits: Optional[torch.Tensor] = None  # (B, 4 * MAX_RANK) RankPick's, when configured
     rank_gain: Optional[torch.Tensor] = None  # (B,) RankPick's gain g(s) / SCALE, when configured
-    landmark_logits: Optional[torch.Tensor] = None  # (B, 1, H/4, W/4) RelationPick's landmark, when configured
     relation_logits: Optional[torch.Tensor] = None  # (B, len(RELATIONS)) RelationPick's, when configured
     relation_gain: Optional[torch.Tensor] = None  # (B,) RelationPick's gain g(s) / SCALE, when configured
 
@@ -64,7 +64,7 @@ class MERES(nn.Module):
                                                   cfg.candidate_rank_pick)
                                if cfg.candidate_rank_prior else None)
         self.centre_head = MapHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
-        self.relation_pick = RelationPick(self.text.dim, cfg.decoder_dims[-1]) if cfg.relation_pick else None
+        self.relation_pick = RelationPick(self.text.dim) if cfg.relation_pick else None
         self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)
 
@@ -81,8 +81,18 @@ class MERES(nn.Module):
         """images (B, 3, H, W) -> [F1..F4]."""
         return self.vision(images)
 
-    def decode(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor) -> MeresOutput:
+    def landmark_rows(self, sentences: list[str], images=None, known=None) -> LandmarkRows:
+        """The sentences and, with the relation pick, the landmark phrases they name as rows of their own
+        (landmark_phrase.landmark_rows: images, known)."""
+        if self.relation_pick is None:
+            known = [False] * len(sentences)
+        return landmark_rows(sentences, images, known)
+
+    def decode(self, features: list[torch.Tensor], text: torch.Tensor, text_valid: torch.Tensor,
+               landmark_index: Optional[torch.Tensor] = None) -> MeresOutput:
         """features of 1 or B images; text (B, T, D_t). One image is shared by all B sentences.
+        landmark_index (B,) long: the row of the landmark phrase each sentence names, -1 for none
+        (`landmark_rows`); None: none names one.
 
         Features of one image stay batch 1: what depends only on the image (F_v, the keys and
         values of pixel attention, the decoder's image-side convolutions) runs once and is
@@ -99,8 +109,11 @@ class MERES(nn.Module):
                 out.rank_pair_logits, out.rank_gain = pick
             out.candidate_logits = out.logits
         if self.relation_pick is not None:
-            relation_prior, (out.landmark_logits, out.relation_logits, out.relation_gain) = self.relation_pick(
-                out.logits, out.centre_logits, fine, text, text_valid)
+            if landmark_index is None:
+                landmark_index = torch.full((text.shape[0],), -1, dtype=torch.long, device=text.device)
+            landmark_logits = out.logits[landmark_index.clamp(min=0)]  # (B, 1, h, w) each landmark phrase's map
+            relation_prior, (out.relation_logits, out.relation_gain) = self.relation_pick(
+                out.logits, out.centre_logits, landmark_logits, landmark_index >= 0, text, text_valid)
             rank_prior = rank_prior + relation_prior
         if self.position_prior is not None:
             out.logits = self.position_prior(out.logits, text, text_valid)
@@ -149,27 +162,28 @@ class MERES(nn.Module):
         return MeresOutput(logits=logits, relevance=relevance, feature_size=size, tau=tau), maps
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: Optional[torch.Tensor] = None) -> MeresOutput:
+                image_index: Optional[torch.Tensor] = None, landmark_index: Optional[torch.Tensor] = None
+                ) -> MeresOutput:
         """images (I, 3, H, W); sentences (B, T). image_index (B,): each sentence's image, when
-        several sentences share one (training runs of one scene); None: I = B, one each."""
+        several sentences share one (training runs of one scene); None: I = B, one each. landmark_index
+        (B,): the row of each sentence's landmark phrase, -1 for none (`landmark_rows`)."""
         text, valid = self.encode_text(input_ids, attention_mask)
         features = self.encode_image(images)
         if image_index is not None:
             features = [f[image_index] for f in features]  # (B, C_i, H_i, W_i)
-        return self.decode(features, text, valid)
+        return self.decode(features, text, valid, landmark_index)
 
     def compute_loss(self, out: MeresOutput, masks: torch.Tensor,
                      ranked_masks: Optional[torch.Tensor] = None,
                      ranked_centres: Optional[torch.Tensor] = None,
-                     landmark_masks: Optional[torch.Tensor] = None,
                      landmark_centres: Optional[torch.Tensor] = None,
                      relations: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """masks (B, H, W) in {0, 1}. Total = BCE + lambda * L_c (Eq. 3) [+ dice_weight * Dice]
         [+ no_target_weight * BCE(t, target present)] [+ candidate_weight * BCE(decoder's logits before
         the priors, ranked_masks)] [+ centre_weight * focal(centre heatmap, ranked_centres)] [+ the rank
         and relation picks' losses]; ranked_masks (B, H, W): what each sentence's qualifier ranks,
-        ranked_centres (B, M, 2) their centroids (x, y in [-1, 1], NaN rows for none); landmark_masks
-        (B, H, W) and landmark_centres (B, 2) the landmark a relation sentence names (NaN for none), relations
+        ranked_centres (B, M, 2) their centroids (x, y in [-1, 1], NaN rows for none); landmark_centres
+        (B, 2) the centroid of the landmark a relation sentence names (NaN for none), relations
         (B,) the relation it names (relation_pick.relation_ids, -1 for none)."""
         logits = upsample_logits(out.logits, masks.shape[-2:])
         bce = segmentation_bce(logits, masks)
@@ -198,10 +212,9 @@ class MERES(nn.Module):
         if self.cfg.candidate_gain_weight and out.rank_gain is not None and ranked_centres is not None:
             losses["pick_gain"] = gain_loss(out.rank_gain, ranked_centres, landmark_centres)
             losses["loss"] = losses["loss"] + self.cfg.candidate_gain_weight * losses["pick_gain"]
-        if out.landmark_logits is not None and landmark_centres is not None and relations is not None:
-            relation = {"landmark": (self.cfg.landmark_weight,
-                                     landmark_loss(out.landmark_logits, landmark_masks, landmark_centres)),
-                        "relation": (self.cfg.relation_pick_weight,
+        if out.relation_logits is not None and landmark_centres is not None and relations is not None:
+            # The landmark phrases are rows of the batch (landmark_rows), trained by their own masks.
+            relation = {"relation": (self.cfg.relation_pick_weight,
                                      relation_loss(out.relation_logits, relations)),
                         "relation_gain": (self.cfg.relation_gain_weight,
                                           relation_gain_loss(out.relation_gain, landmark_centres))}

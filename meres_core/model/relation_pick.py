@@ -10,9 +10,9 @@ here, as the rank pick does for ordinals (candidate_rank.RankPick):
   - the candidates are the centre heatmap's peaks on the decoder's mask (instance_centres.py); with
     meres-synth 1.6's `ranked_ann_ids` the decoder learns to cover every object of the base ("every
     circle") for relation sentences, as it does for extremes;
-  - a head on the decoder's last guided map (instance_centres.MapHead) segments the landmark the sentence names,
-    trained with BCE against meres-synth 1.6's `landmark_ann_id`; its mask's centroid is L, and a
-    candidate whose centre lies on that mask is the landmark, no candidate;
+  - the landmark is the model's own mask of the landmark phrase ("the red square"), segmented as one more
+    sentence of the batch on the same image (landmark_phrase.py); its centroid is L, and a candidate
+    whose centre lies on that mask is the landmark, no candidate;
   - the sentence gives a distribution over the RELATIONS (fitted to the relation it names) and a
     gain, and a candidate matches by the relations it satisfies against L:
 
@@ -21,6 +21,7 @@ here, as the rank pick does for ordinals (candidate_rank.RankPick):
 
     "left of": its centre is left of L (meres-synth's relations hold for the target alone among the
     base); "nearest": it is the closest candidate to L. The landmark's own pixels get match 0.
+    A sentence without a landmark phrase gets no prior.
 Zero-initialized pick and gain, so a warm-started model starts unchanged. Fixed-shape tensor work only.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from torch import nn
 from .candidate_rank import SCALE
 from .coordinates import cell_centres
 from .encoders import sentence_mean
-from .instance_centres import MapHead, cell_of, centre_peaks, nearest_peak
+from .instance_centres import cell_of, centre_peaks, nearest_peak
 from .position_prior import candidate_centroid
 
 RELATIONS = ("left", "right", "above", "below", "nearest")  # meres-synth's RELATION_WORDS
@@ -50,24 +51,24 @@ def relation_indicators(centres: torch.Tensor, eligible: torch.Tensor, landmark:
 
 
 class RelationPick(nn.Module):
-    def __init__(self, text_dim: int, dim: int):
+    def __init__(self, text_dim: int):
         super().__init__()
-        self.landmark = MapHead(dim)  # the landmark's mask
         self.relation = nn.Linear(text_dim, len(RELATIONS))  # p(r | s)
         self.gain = nn.Linear(text_dim, 1)  # g(s)
         for layer in (self.relation, self.gain):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, candidates: torch.Tensor, centre_logits: torch.Tensor, fine: torch.Tensor,
-                text: torch.Tensor, text_valid: torch.Tensor
-                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """candidates (B, 1, h, w) the decoder's logits before the priors; centre_logits (B, 1, h, w); fine
-        (B, C, h, w); text (B, T, D_t), text_valid (B, T) -> the prior (B, 1, h, w), and the landmark logits
-        (B, 1, h, w), relation logits (B, len(RELATIONS)) and gain / SCALE (B,) for the losses."""
+    def forward(self, candidates: torch.Tensor, centre_logits: torch.Tensor, landmark_logits: torch.Tensor,
+                named: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """candidates (B, 1, h, w) the decoder's logits before the priors; centre_logits (B, 1, h, w);
+        landmark_logits (B, 1, h, w) the landmark phrase's decoder logits before the priors, for the sentences
+        that name one (`named` (B,) bool); text (B, T, D_t), text_valid (B, T) -> the prior (B, 1, h, w), and
+        the relation logits (B, len(RELATIONS)) and gain / SCALE (B,) for the losses."""
         b, _, h, w = candidates.shape
         sentence = sentence_mean(text, text_valid)  # (B, D_t)
-        landmark_logits = self.landmark(fine)  # (B, 1, h, w)
+        landmark_logits = landmark_logits.detach()  # the phrase's own row learns its mask
         keep = (torch.sigmoid(candidates.detach().float()) > 0.5)[:, 0]  # (B, h, w)
         centres, valid = centre_peaks(centre_logits, keep)  # (B, K, 2), (B, K)
         ys, xs = cell_centres(h, centres), cell_centres(w, centres)
@@ -75,34 +76,22 @@ class RelationPick(nn.Module):
         # A candidate whose centre cell is on the landmark's mask is the landmark.
         row, col = cell_of(centres, h, w)
         cell = (row * w + col).long()  # (B, K)
-        on_landmark = landmark_logits.detach()[:, 0].flatten(1).gather(1, cell) > 0  # (B, K)
+        on_landmark = landmark_logits[:, 0].flatten(1).gather(1, cell) > 0  # (B, K)
         relation_logits = self.relation(sentence)
         p_relation = torch.softmax(relation_logits.float(), -1)  # (B, R)
         indicators = relation_indicators(centres, valid & ~on_landmark, landmark)  # (B, R, K)
         match = torch.einsum("br,brk->bk", p_relation, indicators)  # (B, K)
         own_match = match.gather(1, nearest_peak(centres, valid, h, w))  # (B, N): each pixel is its nearest peak's
         several = valid.sum(1, keepdim=True) >= 2  # a lone candidate is left alone, as RankPick does
-        on_candidate = (keep.flatten(1) & several).float()
+        on_candidate = keep.flatten(1) & several & named[:, None]
         gain = self.gain(sentence).float()[:, 0]  # (B,)
-        prior = SCALE * gain[:, None] * (2.0 * own_match - 1.0) * on_candidate  # (B, N)
-        return prior.view(b, 1, h, w).to(candidates.dtype), (landmark_logits, relation_logits, gain)
+        prior = torch.where(on_candidate, SCALE * gain[:, None] * (2.0 * own_match - 1.0), 0.0)  # (B, N)
+        return prior.view(b, 1, h, w).to(candidates.dtype), (relation_logits, gain)
 
 
 def names_landmark(landmark_centres: torch.Tensor) -> torch.Tensor:
     """landmark_centres (B, 2), NaN for none -> (B,) bool: the sentence places its target by a landmark."""
     return ~torch.isnan(landmark_centres[:, 0])
-
-
-def landmark_loss(landmark_logits: torch.Tensor, landmark_masks: torch.Tensor,
-                  landmark_centres: torch.Tensor) -> torch.Tensor:
-    """BCE of the landmark head (B, 1, h, w), upsampled, against the landmark masks (B, H, W), over the
-    sentences that name one."""
-    use = names_landmark(landmark_centres)
-    if not use.any():
-        return landmark_logits.sum() * 0.0
-    logits = F.interpolate(landmark_logits[use].float(), size=landmark_masks.shape[-2:], mode="bilinear",
-                           align_corners=False)[:, 0]
-    return F.binary_cross_entropy_with_logits(logits, landmark_masks[use].float())
 
 
 def relation_ids(names: list[str]) -> torch.Tensor:
