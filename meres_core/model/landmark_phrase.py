@@ -25,7 +25,8 @@ import torch
 # the left side" places by an edge, not by an object.
 _SIDE = r"(?!(left|right|top|bottom)\b)"
 NEAREST = re.compile(rf"\b(closest to|nearest to|nearest|next to|beside) the {_SIDE}", re.IGNORECASE)
-SIDE_OF = re.compile(rf"\b(left of|right of|above|over|higher than|below|under|beneath|lower than) the {_SIDE}", re.IGNORECASE)
+SIDE_OF = re.compile(rf"\b(left of|right of|above|over|higher than|below|under|beneath|lower than) the {_SIDE}",
+                     re.IGNORECASE)
 
 
 def landmark_phrase(sentence: str) -> Optional[str]:
