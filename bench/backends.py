@@ -59,7 +59,8 @@ def image_path_times(segmenter, onnx_path: Path, rounds: int, device: str, compi
         precision = precision_name(default.dtype)
         candidates[f"eager_{precision}_k{k}"] = default_precision
         if compiled is not None:
-            candidates[f"compiled_{precision}_k{k}"] = lambda t=text, v=valid, i=landmarks: compiled._image_path(pixels, t, v, i)
+            candidates[f"compiled_{precision}_k{k}"] = (
+                lambda t=text, v=valid, i=landmarks: compiled._image_path(pixels, t, v, i))
     with torch.inference_mode():
         times = interleaved(candidates, rounds=rounds, device=device)
     out = {"times": times, "providers": session.session.get_providers(),

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from .device import autocast
-from .export_onnx import ImagePath, example_inputs, no_landmarks
+from .export_onnx import ImagePath, example_inputs, landmark_index_or_none
 from .model.meres import MERES
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class CompiledImagePath:
 
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                  landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self._runner(pixels, text, text_valid, no_landmarks(text, landmark_index).to(pixels.device))
+        return self._runner(pixels, text, text_valid, landmark_index_or_none(text, landmark_index))
 
 
 class BackgroundCompile:

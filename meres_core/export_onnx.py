@@ -56,9 +56,11 @@ class ImagePath(nn.Module):
         return self.model.decode(self.model.encode_image(pixels), text, text_valid, landmark_index).logits
 
 
-def no_landmarks(text: torch.Tensor, landmark_index: Optional[torch.Tensor]) -> torch.Tensor:
-    """landmark_index on the CPU; None: no sentence names a landmark phrase (all -1)."""
-    return torch.full((text.shape[0],), -1) if landmark_index is None else landmark_index.cpu()
+def landmark_index_or_none(text: torch.Tensor, landmark_index: Optional[torch.Tensor]) -> torch.Tensor:
+    """landmark_index as given; None: no sentence names a landmark phrase (all -1, on the text's device)."""
+    if landmark_index is None:
+        return torch.full((text.shape[0],), -1, dtype=torch.long, device=text.device)
+    return landmark_index
 
 
 def example_inputs(model: MERES, sentences: int = 2, tokens: int = 6) -> tuple[torch.Tensor, ...]:
@@ -159,7 +161,7 @@ class OnnxImagePath:
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                  landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
         feeds = {"pixels": pixels.float().cpu().numpy(), "text": text.float().cpu().numpy(),
-                 "text_valid": text_valid.cpu().numpy(), "landmark_index": no_landmarks(text, landmark_index).numpy()}
+                 "text_valid": text_valid.cpu().numpy(), "landmark_index": landmark_index_or_none(text, landmark_index).cpu().numpy()}
         # A model without the relation pick has no use for landmark_index: the exporter drops the input.
         feeds = {name: feeds[name] for name in self.inputs}
         return torch.from_numpy(self.session.run(None, feeds)[0])

@@ -56,7 +56,9 @@ def landmark_rows(sentences: Sequence[str], images: Optional[Sequence[Hashable]]
     images = list(images) if images is not None else [0] * len(sentences)
     known = list(known) if known is not None else [True] * len(sentences)
     rows = list(sentences)
-    row_of = {(image, sentence): i for i, (image, sentence) in reversed(list(enumerate(zip(images, sentences))))}
+    row_of = {}  # (image, sentence) -> its first row
+    for i, key in enumerate(zip(images, sentences)):
+        row_of.setdefault(key, i)
     landmark_index, source = [], list(range(len(sentences)))
     for i, sentence in enumerate(sentences):
         phrase = landmark_phrase(sentence) if known[i] else None
