@@ -146,6 +146,8 @@ from meres_ros.tracking import TargetTracker
 # The executor wakes at least this often (s), so a signal is handled promptly.
 SPIN_PERIOD_S = 0.1
 DIAGNOSTICS_PERIOD_S = 1.0
+# Outputs built and published only while something subscribes (volatile topics: nothing is owed to later ones).
+LAZY_OUTPUTS = ("mask", "result", "results", "debug_image", "markers")
 # A depth / camera_info stream counts as live (worth waiting for) while its newest stamp is this close.
 LIVE_STREAM_WINDOW_NS = 1_000_000_000
 # Iron and later pass a two-argument subscription callback the message info, whose source timestamp
@@ -779,38 +781,41 @@ class MeresNode(LifecycleNode):
 
     def _publish(self, header, frame: Frame, targets: list[Target], settings: LiveSettings,
                  expressions: Expressions, received_at: float) -> None:
+        """Each output that has a subscriber (image_transport's lazy publishing): a full-size mask costs a
+        copy and its serialization, ~1 ms each at 640x480, for a topic nobody may read."""
+        listened = {name: self._outputs[name].get_subscription_count() > 0 for name in LAZY_OUTPUTS
+                    if name in self._outputs}
         primary = targets[0]
         centroid = None
         if primary.point_3d is not None:
             centroid = PointStamped(header=header)
             centroid.point.x, centroid.point.y, centroid.point.z = primary.point_3d
-        mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header)
+        mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header) if listened.get("mask") else None
         results = None
-        if self._result_types is not None:
+        if self._result_types is not None and (listened.get("result") or listened.get("results")):
             elapsed = inference_ms(targets)
             results = [self._result_message(header, t, expressions.request_id, settings.mask_mode, elapsed)
-                       for t in targets]
-        debug = self._outputs.get("debug_image")
+                       for t in (targets if listened.get("results") else targets[:1])]
         overlay = None
-        if settings.publish_debug and debug is not None and debug.get_subscription_count() > 0:
+        if settings.publish_debug and listened.get("debug_image"):
             overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
-        markers = None
-        if self._outputs["markers"].get_subscription_count() > 0:
-            markers = target_markers(header, targets)
+        markers = target_markers(header, targets) if listened.get("markers") else None
         with self._expressions_lock:
             if self._expressions is not expressions or not self._outputs:
                 self._stale_results += 1  # computed for sentences the node no longer holds: never published
                 return
             if centroid is not None:
                 self._outputs["centroid"].publish(centroid)
-            if results is not None:
+            if listened.get("result"):
                 self._outputs["result"].publish(results[0])
+            if listened.get("results"):
                 self._outputs["results"].publish(self._result_types[1](header=header, results=results))
             if overlay is not None:
-                debug.publish(overlay)
+                self._outputs["debug_image"].publish(overlay)
             if markers is not None:
                 self._outputs["markers"].publish(markers)
-            self._outputs["mask"].publish(mask)
+            if mask is not None:
+                self._outputs["mask"].publish(mask)
         self._health.published(time.monotonic() - received_at)
 
     def _result_message(self, header, target: Target, request_id: int, mask_mode: str, elapsed_ms: float):

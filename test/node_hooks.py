@@ -12,6 +12,9 @@ The node and the model are the real ones; the environment asks for one of these 
                               is red and 0 elsewhere: a model that knows "the red disc", so that a scene
                               with two identical red discs fits the sentence twice (everything after the
                               probability map, Segmenter.decide included, is the real code)
+  MERES_TEST_COUNT_IMAGES=<file>
+                              each Image message the node builds for its outputs appends its encoding
+                              to <file>, one line per message
 """
 import os
 import sys
@@ -87,6 +90,19 @@ def red_oracle() -> None:
     Segmenter.segment = segment
 
 
+def count_images(file: Path) -> None:
+    import meres_ros.node
+
+    real = meres_ros.node.numpy_to_image
+
+    def numpy_to_image(array, encoding, *args, **kwargs):
+        with open(file, "a") as out:
+            out.write(encoding + "\n")
+        return real(array, encoding, *args, **kwargs)
+
+    meres_ros.node.numpy_to_image = numpy_to_image
+
+
 if __name__ == "__main__":
     if os.environ.get("MERES_TEST_HUMBLE"):
         remove_post_set_callback()
@@ -96,6 +112,8 @@ if __name__ == "__main__":
         red_oracle()
     if os.environ.get("MERES_TEST_GATE"):
         gate(Path(os.environ["MERES_TEST_GATE"]))
+    if os.environ.get("MERES_TEST_COUNT_IMAGES"):
+        count_images(Path(os.environ["MERES_TEST_COUNT_IMAGES"]))
     from meres_ros.node import main
 
     sys.exit(main())

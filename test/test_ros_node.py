@@ -408,6 +408,44 @@ def test_runs_on_the_humble_api(ros_context, checkpoint):
         assert process.alive(), process.log()
 
 
+def test_outputs_are_built_only_for_subscribers(ros_context, checkpoint, tmp_path):
+    """~/mask, ~/result and ~/results each carry full-size masks: the node builds what something subscribes to."""
+    from meres_ros.interface import RESULT_TOPIC, RESULTS_TOPIC, output_topic, result_message_types
+
+    name = "meres_lazy"
+    built = tmp_path / "images"  # node_hooks.py: one line per Image message the node builds
+    with NodeProcess(node_parameters(checkpoint), node_name=name, env={"MERES_TEST_COUNT_IMAGES": str(built)},
+                     program=HOOKS, remappings={"image": f"{name}/image"}) as process:
+        client = MeresClient(context=ros_context, node_name=name, image_topic=f"{name}/image",
+                             with_results=False)  # ~/mask and ~/centroid
+        heard = {RESULT_TOPIC: set(), RESULTS_TOPIC: set()}
+
+        def images_per_frame(until_heard: str | None = None) -> int:
+            while True:  # frames until the newest subscription is matched, then one more, counted
+                answer = client.request(scene_image(), resend_after=30.0)
+                if until_heard is None or answer.stamp in heard[until_heard]:
+                    break
+            before = len(built.read_text().splitlines())
+            answer = client.request(scene_image(), resend_after=30.0)
+            client.spin(0.3)
+            assert until_heard is None or answer.stamp in heard[until_heard]
+            return len(built.read_text().splitlines()) - before
+
+        try:
+            assert client.wait_for_node(90), process.log()
+            client.set_expression("the red disc; the blue square")
+            assert images_per_frame() == 1  # ~/mask only
+            result_type, array_type, _ = result_message_types()
+            for topic, message_type, images in ((RESULT_TOPIC, result_type, 2), (RESULTS_TOPIC, array_type, 3)):
+                client.node.create_subscription(message_type, output_topic(name, topic),
+                                                lambda m, t=topic: heard[t].add(stamp_ns(m.header.stamp)), 10)
+                # + the first sentence's mask in ~/result; then ~/results: both sentences' (one shared with ~/result)
+                assert images_per_frame(until_heard=topic) == images
+        finally:
+            client.destroy()
+        assert process.alive(), process.log()
+
+
 def test_centroid_topic_carries_only_metres(node, checkpoint):
     _, client = node
     client.set_expression("the red disc")
