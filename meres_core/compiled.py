@@ -11,8 +11,8 @@ Performance).
 Compiling takes minutes on a small CPU (and a C++ compiler), loading a package takes
 milliseconds, so a package is compiled once per model, precision, machine and torch version
 and kept in a cache folder (`MERES_CACHE_DIR`, default ~/.cache/meres-ros/compiled); every
-later start with the same key loads it. The key hashes the weights, so a retrained checkpoint
-never runs an old package.
+later start with the same key loads it. The key hashes the weights and the model's source code, so
+neither a retrained checkpoint nor upgraded code runs an old package.
 
 Backend `auto` (BackgroundCompile, the commands' and the node's default) gets the compiled speed
 without the first start's wait: it runs the cached package when there is one; otherwise it serves
@@ -58,7 +58,19 @@ COMPILE_AFTER_CALLS = 50
 # Calls of each path that `auto` times, alternating, before it keeps the package or eager (after one
 # untimed call each: the first call of a path pays its one-off set-up).
 TRIAL_CALLS = 8
-FORMAT = 2  # bump when what is compiled changes, so old packages are not loaded
+# What gets compiled: the model code and the export around it. A package compiled from other code (an
+# upgrade, a local edit) computes what that code computed, so the key hashes these sources.
+COMPILED_SOURCES = (Path(__file__).parent / "model", Path(__file__), Path(__file__).parent / "export_onnx.py",
+                    Path(__file__).parent / "device.py")
+
+
+def source_digest() -> str:
+    digest = hashlib.sha256()
+    for path in COMPILED_SOURCES:
+        for file in sorted(path.glob("*.py")) if path.is_dir() else [path]:
+            digest.update(file.name.encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
 
 
 def cache_dir() -> Path:
@@ -80,7 +92,7 @@ class _PrecisionImagePath(nn.Module):
 
 
 def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
-    """Weights, precision, device, input size, torch version and CPU instruction set: one package each."""
+    """Weights, code, precision, device, input size, torch version and CPU instruction set: one package each."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
@@ -90,7 +102,7 @@ def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
                       torch.cpu._is_avx512_bf16_supported())
     else:
         capability = torch.cuda.get_device_name(device)
-    for part in (FORMAT, dtype, device.type, model.cfg.vision.img_size, torch.__version__, platform.machine(), capability):
+    for part in (source_digest(), dtype, device.type, model.cfg.vision.img_size, torch.__version__, platform.machine(), capability):
         digest.update(str(part).encode())
     return digest.hexdigest()[:20]
 

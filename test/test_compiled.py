@@ -99,6 +99,26 @@ def test_another_model_or_precision_gets_another_package(tiny):
     assert package_key(changed, torch.float32, cpu) != key
 
 
+def test_other_model_code_gets_another_package(tiny, tmp_path, monkeypatch):
+    """An upgrade or a local edit of the model code never runs a package compiled from the old code."""
+    import shutil
+
+    import meres_core.compiled as compiled
+
+    model, _ = tiny
+    cpu = torch.device("cpu")
+    sources = []
+    for path in compiled.COMPILED_SOURCES:
+        copy = tmp_path / path.name
+        (shutil.copytree if path.is_dir() else shutil.copy)(path, copy)
+        sources.append(copy)
+    monkeypatch.setattr(compiled, "COMPILED_SOURCES", tuple(sources))
+    key = package_key(model, torch.float32, cpu)
+    centres = tmp_path / "model" / "instance_centres.py"
+    centres.write_text(centres.read_text().replace("PEAK_THRESHOLD = 0.3", "PEAK_THRESHOLD = 0.2"))
+    assert package_key(model, torch.float32, cpu) != key
+
+
 def test_a_failed_compilation_names_the_fallback(tiny, tmp_path, monkeypatch):
     from meres_core import compiled
 
