@@ -421,10 +421,12 @@ def test_outputs_are_built_only_for_subscribers(ros_context, checkpoint, tmp_pat
         heard = {RESULT_TOPIC: set(), RESULTS_TOPIC: set()}
 
         def images_per_frame(until_heard: str | None = None) -> int:
-            while True:  # frames until the newest subscription is matched, then one more, counted
+            for _ in range(20):  # frames until the newest subscription is matched, then one more, counted
                 answer = client.request(scene_image(), resend_after=30.0)
                 if until_heard is None or answer.stamp in heard[until_heard]:
                     break
+            else:
+                raise AssertionError(f"{until_heard} not heard in 20 frames:\n{process.log()[-2000:]}")
             before = len(built.read_text().splitlines())
             answer = client.request(scene_image(), resend_after=30.0)
             client.spin(0.3)
