@@ -13,8 +13,9 @@ Sections, one node process for all but the first:
                at nice 10 behind other work, its two OpenMP threads ran 2-20x slower than the node's.)
   camera       a 30 Hz camera (color + depth + CameraInfo) for 15 s (--quick) / 60 s after a warm-up:
                result age (now - image stamp at reception) in camera periods, results per second,
-               node RSS growth, and the node's text-encoder calls while the sentence does not change
-               (its /diagnostics counter of real text-encoder forward calls)
+               node RSS growth, the node's text-encoder calls while the sentence does not change
+               (its /diagnostics counter of real text-encoder forward calls), and 4 parameter reads a
+               second (~/get_parameters round trips: how long a service call waits on the busy node)
 
 Images travel through Fast DDS shared memory (config/fastdds_shm.xml, as `meres-demo` and the launch
 file's fastdds_profile:=true): with Fast DDS defaults 640x480 frames fragment over UDP.
@@ -132,6 +133,7 @@ class Listener:
         types = result_message_types()
         if types is None:
             raise RuntimeError("meres_ros_interfaces is not built (scripts/build_msgs.sh): no ~/result to time")
+        self.node_name = node_name or NODE_NAME
         self.received: dict[int, int] = {}  # image stamp (ns) -> time.time_ns() at reception
         self.inference_ms: dict[int, float] = {}  # the node's Segmenter call for that frame
         client.node.create_subscription(types[0], output_topic(node_name or NODE_NAME, RESULT_TOPIC), self._on_result, 50)
@@ -190,6 +192,43 @@ def latency_pairs(client, listener: Listener, frames, per_sentence: int) -> dict
     }
 
 
+# The node's executor answers services (parameters, lifecycle, ~/segment) beside the camera's callbacks:
+# a parameter read during the camera run is how long a robot's request waits on a busy node.
+PARAMETER_READS_PER_S = 4.0
+
+
+class ParameterReads:
+    """`~/get_parameters` calls to the node, one at a time, each timed from its request to its answer here."""
+
+    def __init__(self, client, node_name: str):
+        from rcl_interfaces.srv import GetParameters
+
+        from meres_ros.interface import output_topic
+
+        self._request = GetParameters.Request(names=["max_rate"])
+        self._service = client.node.create_client(GetParameters, output_topic(node_name, "get_parameters"))
+        self._pending = False
+        self.round_trips_ms: list[float] = []
+
+    def ask(self) -> None:
+        if self._pending or not self._service.service_is_ready():
+            return
+        self._pending, asked = True, time.monotonic()
+
+        def answered(_future) -> None:
+            self.round_trips_ms.append((time.monotonic() - asked) * 1000)
+            self._pending = False
+
+        self._service.call_async(self._request).add_done_callback(answered)
+
+    def summary(self) -> dict:
+        values = self.round_trips_ms
+        return {"parameter_reads": len(values),
+                "parameter_read_ms_p50": round(percentile(values, 50), 2) if values else None,
+                "parameter_read_ms_p90": round(percentile(values, 90), 2) if values else None,
+                "parameter_read_ms_max": round(max(values), 2) if values else None}
+
+
 def camera_run(client, listener: Listener, process, frame, seconds: float, warmup_s: float,
                rate_hz: float = CAMERA_HZ) -> dict:
     """A camera at `rate_hz` (color + depth + CameraInfo of one scene); one sentence all along."""
@@ -200,9 +239,10 @@ def camera_run(client, listener: Listener, process, frame, seconds: float, warmu
     period = 1.0 / rate_hz
     sent: list[int] = []
     rss: list[int] = []
+    parameter_reads = ParameterReads(client, listener.node_name)
     started = time.monotonic()
     measure_from = started + warmup_s
-    next_frame, next_sample = started, measure_from
+    next_frame, next_sample, next_read = started, measure_from, measure_from
     first_measured = None
     while time.monotonic() < measure_from + seconds:
         header = client.publish_frame(rgb, depth, info)
@@ -212,6 +252,9 @@ def camera_run(client, listener: Listener, process, frame, seconds: float, warmu
             if now >= next_sample:
                 rss.append(rss_kib(process.pid()))
                 next_sample += 1.0
+            if now >= next_read:
+                parameter_reads.ask()
+                next_read += 1.0 / PARAMETER_READS_PER_S
         sent.append(stamp_of(header))
         next_frame += period
         client.spin(max(next_frame - time.monotonic(), 0.0))
@@ -235,6 +278,7 @@ def camera_run(client, listener: Listener, process, frame, seconds: float, warmu
         "rss_mib_last": round(rss[-1] / 1024, 1) if rss else None,
         "rss_growth_pct": round(100.0 * (rss[-1] - rss[0]) / rss[0], 2) if rss else None,
         "text_encoder_calls": calls,
+        **parameter_reads.summary(),
     }
 
 

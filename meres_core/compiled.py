@@ -14,6 +14,9 @@ and kept in a cache folder (`MERES_CACHE_DIR`, default ~/.cache/meres-ros/compil
 later start with the same key loads it. The key hashes the weights and the model's source code, so
 neither a retrained checkpoint nor upgraded code runs an old package.
 
+Packages run through `aoti_loader`, which releases the GIL during each call where torch's loader
+holds it (its extension is built once per machine beside the packages).
+
 Backend `auto` (BackgroundCompile, the commands' and the node's default) gets the compiled speed
 without the first start's wait: it runs the cached package when there is one; otherwise it serves
 eager PyTorch and, once the process has served COMPILE_AFTER_CALLS calls (a long-running node or
@@ -46,6 +49,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from . import aoti_loader
 from .device import autocast
 from .export_onnx import ImagePath, example_inputs, landmark_index_or_none
 from .model.meres import MERES
@@ -151,7 +155,9 @@ class CompiledImagePath:
             except Exception as error:  # noqa: BLE001 - the compiler's failures are many; name the usual cause
                 raise RuntimeError(f"backend 'compiled' could not compile the image path ({type(error).__name__}: "
                                    f"{error}); it needs a C++ compiler (g++) on CPU. Use backend 'torch'.") from error
-        self._runner = torch._inductor.aoti_load_package(str(self.path))
+        if device.type == "cpu":  # once per machine, as the package: ~30 s
+            aoti_loader.build()
+        self._runner = aoti_loader.load_package(self.path)
 
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                  landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -181,6 +187,7 @@ class BackgroundCompile:
                          else f"compiled was slower here: {self.slower_note.read_text().strip()}"
                          if self.slower_note.is_file() else "")
         self._started = 0.0
+        self._loader_tried = False
         self._source: Optional[Path] = None  # the weights handed to the child
         self._runner: Optional[Callable] = None
         # Seconds per call of each path while they are compared (None: decided, or no package yet).
@@ -193,29 +200,35 @@ class BackgroundCompile:
         """What serves now, for /diagnostics and logs."""
         if self._runner is not None:
             return "compiled" if self._trial is None else "compiled (timing it against torch)"
-        if self._process is not None:
-            return "torch (compiling in the background)"
         if self._gave_up:
             return f"torch ({self._gave_up})"
+        if self._process is not None:
+            return "torch (compiling in the background)"
         return "torch (compiles after %d calls)" % self._compile_after_calls
 
     def runner(self) -> Optional[Callable]:
-        if self._runner is not None:
-            if self._trial is not None:  # alternate: the path with fewer timed calls runs next
-                return self._runner if len(self._trial[True]) <= len(self._trial[False]) else None
-            return self._runner
         self._calls += 1
         if self._process is None:
-            if self._calls >= self._compile_after_calls and not self._gave_up:
+            if self._calls >= self._compile_after_calls and self._child_has_work() and not self._gave_up:
                 try:
                     self._start()
-                except OSError as error:  # serving goes on eager: the compilation is an optimization
+                except OSError as error:  # serving goes on: the compilation is an optimization
                     self._gave_up = f"no compilation: {type(error).__name__}: {error}"
                     log.warning("backend auto: could not start compiling the image path (%s); eager PyTorch keeps "
                                 "serving. Set MERES_CACHE_DIR to a writable folder", error)
         elif self._process.poll() is not None:
             self._finish()
+        if self._runner is not None and self._trial is not None:  # alternate: the path with fewer timed calls runs next
+            return self._runner if len(self._trial[True]) <= len(self._trial[False]) else None
         return self._runner
+
+    def _child_has_work(self) -> bool:
+        """No package yet; or one kept after its timing (not during it: a compiler beside the trial would
+        skew it) that torch's loader runs, holding the GIL, while the GIL-releasing loader is not built
+        (tried once per process; the child builds it after any package)."""
+        if self._runner is None:
+            return True
+        return self._trial is None and not aoti_loader.library().is_file() and not self._loader_tried
 
     def record(self, compiled: bool, seconds: float) -> None:
         """The image path's time on a call that `runner()` routed (compiled or eager); ends the trial once
@@ -255,7 +268,7 @@ class BackgroundCompile:
     def _load(self) -> Optional[Callable]:
         """The cached package's runner; a package that does not load is removed (compiled again later)."""
         try:
-            return torch._inductor.aoti_load_package(str(self.path))
+            return aoti_loader.load_package(self.path)
         except Exception as error:  # noqa: BLE001 - whatever a damaged file raises, eager can serve
             log.warning("backend auto: could not load %s (%s: %s); removed it, eager PyTorch serves and compiles "
                         "it again", self.path, type(error).__name__, error)
@@ -269,6 +282,7 @@ class BackgroundCompile:
         fd, source = tempfile.mkstemp(prefix=".source-", suffix=".pt", dir=self.path.parent)
         os.close(fd)
         self._source = Path(source)  # the child deletes it once loaded; _finish, if it died before
+        self._loader_tried = True
         save_checkpoint(source, self._model, self._cfg)
         package_root = str(Path(__file__).resolve().parent.parent)  # meres_core importable in the child
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
@@ -278,6 +292,10 @@ class BackgroundCompile:
             self._process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT,
                                              stdin=subprocess.DEVNULL)
         self._started = time.perf_counter()
+        if self._runner is not None:
+            log.info("backend auto: building the GIL-releasing package loader in the background (pid %d, nice 19) "
+                     "into %s; the package serves meanwhile", self._process.pid, aoti_loader.build_directory())
+            return
         log.info("backend auto: compiling the image path in the background (pid %d, nice 19) after %d eager calls; "
                  "eager PyTorch serves until it lands in %s", self._process.pid, self._calls, self.path)
 
@@ -285,12 +303,18 @@ class BackgroundCompile:
         code, self._process = self._process.returncode, None
         self._source.unlink(missing_ok=True)
         if code == 0 and self.path.is_file():
+            loader_only = self._runner is not None
             self._use(self._load())
             if self._runner is None:
                 self._gave_up = "the package compiled here did not load"
                 return
-            log.info("backend auto: switched to the compiled image path (compiled in the background in %.0f s)",
-                     time.perf_counter() - self._started)
+            gil = "released" if aoti_loader.library().is_file() else "held"
+            if loader_only:
+                log.info("backend auto: the package runs with the GIL %s (loader built in the background in %.0f s)",
+                         gil, time.perf_counter() - self._started)
+                return
+            log.info("backend auto: switched to the compiled image path (compiled in the background in %.0f s; "
+                     "GIL %s while it runs)", time.perf_counter() - self._started, gil)
             return
         self._gave_up = f"compiling failed: exit code {code}"  # one try per process, whatever ended it
         log_file = self.path.with_suffix(".log")
@@ -329,8 +353,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     with open(out.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process compiling the same package: wait for it
-        if out.is_file():
+        if out.is_file():  # compiled meanwhile, or the parent wants only the loader
             Path(args.source).unlink(missing_ok=True)
+            aoti_loader.build()
             return 0
         try:
             model, _, _ = build_from_checkpoint(args.source)
@@ -342,6 +367,7 @@ def main(argv=None) -> int:
         except Exception as error:  # noqa: BLE001 - the compiler's failures are many: note any, so no start retries
             out.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
             raise
+        aoti_loader.build()
     return 0
 
 

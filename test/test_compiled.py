@@ -6,6 +6,8 @@ One compilation of the tiny preset (about a minute on 2 cores, in auto's child);
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
 
 import numpy as np
@@ -64,6 +66,37 @@ def test_auto_serves_eager_then_the_package_compiled_in_the_background(tiny, sce
     with torch.inference_mode():
         expected = eager.model.decode(eager.model.encode_image(pixels), text, valid).logits
         torch.testing.assert_close(again._image_path(pixels, text, valid), expected, atol=1e-4, rtol=1e-4)
+    # The child built the GIL-releasing loader beside its package: other threads (a node's executor) run meanwhile.
+    landmark = torch.full((2,), -1, dtype=torch.long)
+    assert glimpses_inside(lambda: again._image_path._runner(pixels, text, valid, landmark)) > 0
+
+
+def glimpses_inside(call, repeats: int = 5) -> int:
+    """How often this thread ran while another thread was inside `call`. With a switch interval longer than
+    the test, a thread holding the GIL keeps it until it blocks or ends: only a call that releases the GIL
+    lets this thread see `inside` set (torch's own package loader holds it, pytorch#197516)."""
+    inside, done, glimpses = [False], [False], 0
+
+    def calls():
+        with torch.inference_mode():
+            for _ in range(repeats):
+                inside[0] = True
+                call()
+                inside[0] = False
+        done[0] = True
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        worker = threading.Thread(target=calls)
+        worker.start()
+        while not done[0]:
+            glimpses += inside[0]
+            time.sleep(0.0001)  # lets the worker take the GIL
+        worker.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return glimpses
 
 
 def test_auto_keeps_serving_eager_when_the_background_compilation_fails(tiny, scene, tmp_path, monkeypatch, caplog):
