@@ -224,6 +224,6 @@ def numpy_to_image(array: np.ndarray, encoding: str, header=None, msg_type=None)
     # An array.array('B') is taken as it is; bytes would be copied element by element (and on Humble, or
     # with ROS_PYTHON_CHECK_FIELDS=1, checked element by element first: ~20 ms for a 640x480 mask).
     data = PyArray("B")
-    data.frombytes(np.ascontiguousarray(array).tobytes())
+    data.frombytes(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # one copy: no bytes in between
     msg.data = data
     return msg

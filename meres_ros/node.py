@@ -782,7 +782,8 @@ class MeresNode(LifecycleNode):
     def _publish(self, header, frame: Frame, targets: list[Target], settings: LiveSettings,
                  expressions: Expressions, received_at: float) -> None:
         """Each output that has a subscriber (image_transport's lazy publishing): a full-size mask costs a
-        copy and its serialization, ~1 ms each at 640x480, for a topic nobody may read."""
+        copy and its serialization, ~1 ms each at 640x480, for a topic nobody may read. What a robot acts
+        on (centroid, results) goes out first; the images are built after it."""
         listened = {name: self._outputs[name].get_subscription_count() > 0 for name in LAZY_OUTPUTS
                     if name in self._outputs}
         primary = targets[0]
@@ -790,16 +791,11 @@ class MeresNode(LifecycleNode):
         if primary.point_3d is not None:
             centroid = PointStamped(header=header)
             centroid.point.x, centroid.point.y, centroid.point.z = primary.point_3d
-        mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header) if listened.get("mask") else None
         results = None
         if self._result_types is not None and (listened.get("result") or listened.get("results")):
             elapsed = inference_ms(targets)
             results = [self._result_message(header, t, expressions.request_id, settings.mask_mode, elapsed)
                        for t in (targets if listened.get("results") else targets[:1])]
-        overlay = None
-        if settings.publish_debug and listened.get("debug_image"):
-            overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
-        markers = target_markers(header, targets) if listened.get("markers") else None
         with self._expressions_lock:
             if self._expressions is not expressions or not self._outputs:
                 self._stale_results += 1  # computed for sentences the node no longer holds: never published
@@ -810,6 +806,14 @@ class MeresNode(LifecycleNode):
                 self._outputs["result"].publish(results[0])
             if listened.get("results"):
                 self._outputs["results"].publish(self._result_types[1](header=header, results=results))
+        overlay = None
+        if settings.publish_debug and listened.get("debug_image"):
+            overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
+        markers = target_markers(header, targets) if listened.get("markers") else None
+        mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header) if listened.get("mask") else None
+        with self._expressions_lock:
+            if self._expressions is not expressions or not self._outputs:
+                return  # the sentence changed meanwhile: its results went out, its images do not
             if overlay is not None:
                 self._outputs["debug_image"].publish(overlay)
             if markers is not None:
