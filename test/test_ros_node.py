@@ -768,13 +768,16 @@ def test_result_is_grasp_ready(oracle_node):
     upright[20:61, 60:71] = (220, 30, 30)
     assert client.request(upright).result.axis_angle == pytest.approx(math.pi / 2, abs=1e-6)
 
-    # Request ids: every sentence taken is a new request, the same text asked again too.
+    # Request ids: every sentence taken is a new request, the same text asked again too. Compared by order,
+    # not by +1: once in CI (not reproduced in two runs of this file) again.request_id was first + 2, i.e. one
+    # more sentence was taken in between; set_expression's own re-publish (when the node's report takes
+    # over 5 s) is one way a late copy reaches the node.
     first = client.request(red_bar_scene()).result.request_id
     client.expression_pub.publish(String(data="the red bar"))
-    again = wait_for_result(client, red_bar_scene(), lambda r: r.request_id != first)
-    assert again.request_id == first + 1 and again.expression == "the red bar"
+    again = wait_for_result(client, red_bar_scene(), lambda r: r.request_id > first)
+    assert again.expression == "the red bar"
     client.set_expression("the bar")
-    assert wait_for_result(client, red_bar_scene(), lambda r: r.expression == "the bar").request_id == first + 2
+    assert wait_for_result(client, red_bar_scene(), lambda r: r.expression == "the bar").request_id > again.request_id
 
     # Bandwidth: the mask cropped to the bbox, with its offset; or no mask. ~/mask stays full.
     try:
