@@ -91,10 +91,25 @@ class GilFreePackage:
 
 def load_package(path: str | Path) -> Callable:
     """The package at `path`, run with the GIL released when the extension is built, else by torch's loader."""
-    if not library().is_file():
+    extension = _extension()
+    if extension is None:
         return torch._inductor.aoti_load_package(str(path))
-    spec = importlib.util.spec_from_file_location(NAME, library())
-    extension = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(extension)
     return GilFreePackage(extension, Path(path))
 
+
+_loaded = None  # the imported extension; not cached while missing: a background build may land later
+
+
+def _extension():
+    global _loaded
+    if _loaded is None and library().is_file():
+        try:
+            spec = importlib.util.spec_from_file_location(NAME, library())
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except Exception as error:  # noqa: BLE001 - e.g. a library cut short by a killed build
+            log.warning("could not load the GIL-releasing package loader %s (%s: %s); torch's loader runs packages, "
+                        "holding the GIL. Remove that folder to build it again", library(), type(error).__name__, error)
+            return None
+        _loaded = module
+    return _loaded

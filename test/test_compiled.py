@@ -256,3 +256,18 @@ def test_auto_keeps_eager_when_the_package_is_slower(tiny, scene, tmp_path, capl
     later = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, directory=tmp_path, compile_after_calls=1)
     assert later.runner() is None and later._process is None and background.path.is_file()
     assert later.state == f"torch (compiled was slower here: {background.slower_note.read_text().strip()})"
+
+
+def test_a_damaged_gil_releasing_loader_leaves_packages_to_torchs_loader(tmp_path, monkeypatch, caplog):
+    """A library cut short (a build killed while linking) is not imported; packages still load, GIL held."""
+    from meres_core import aoti_loader
+
+    monkeypatch.setenv("MERES_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(aoti_loader, "_loaded", None)
+    aoti_loader.library().parent.mkdir(parents=True)
+    aoti_loader.library().write_bytes(b"\x7fELF cut short")
+    loaded = []
+    monkeypatch.setattr(torch._inductor, "aoti_load_package", lambda path: loaded.append(path) or "torch's runner")
+    with caplog.at_level(logging.WARNING, logger="meres_core.aoti_loader"):
+        assert aoti_loader.load_package(tmp_path / "package.pt2") == "torch's runner"
+    assert loaded == [str(tmp_path / "package.pt2")] and "could not load the GIL-releasing package loader" in caplog.text
