@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from meres_core import aoti_loader
 from meres_core.compiled import COMPILE_AFTER_CALLS, TRIAL_CALLS, BackgroundCompile, CompiledImagePath, package_key
 from meres_core.export_onnx import ImagePath
 from meres_core.inference import Segmenter
@@ -69,6 +70,18 @@ def test_auto_serves_eager_then_the_package_compiled_in_the_background(tiny, sce
     # The child built the GIL-releasing loader beside its package: other threads (a node's executor) run meanwhile.
     landmark = torch.full((2,), -1, dtype=torch.long)
     assert glimpses_inside(lambda: again._image_path._runner(pixels, text, valid, landmark)) > 0
+    # A start that finds the package but not the loader (an upgrade from before it) runs the package through
+    # torch's loader, and builds the loader in the child once the package has won its timing.
+    shutil.rmtree(aoti_loader.build_directory())
+    monkeypatch.setattr(aoti_loader, "_loaded", None)
+    upgraded = BackgroundCompile(auto.model, cfg, auto.dtype, auto.device, compile_after_calls=1)
+    assert upgraded.path == auto._background.path and not isinstance(upgraded._runner, aoti_loader.GilFreePackage)
+    assert upgraded.runner() is not None and upgraded._process is None  # no compiler beside the timing
+    upgraded._trial = None  # as when the package's median beat eager's
+    upgraded.runner()
+    with caplog.at_level(logging.INFO, logger="meres_core.compiled"):
+        assert isinstance(upgraded.wait(timeout=600), aoti_loader.GilFreePackage)
+        assert "the package runs with the GIL released" in caplog.text
 
 
 def glimpses_inside(call, repeats: int = 5) -> int:
