@@ -18,13 +18,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import platform
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch.utils import _pytree as pytree
+
+from .cache import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 def build_directory() -> Path:
     """One build per source, torch version and machine: a stale library is never loaded, only not found."""
     key = hashlib.sha256(f"{SOURCE}{torch.__version__}{platform.machine()}".encode()).hexdigest()[:16]
-    return Path(os.environ.get("MERES_CACHE_DIR") or Path.home() / ".cache" / "meres-ros") / "aoti_loader" / key
+    return cache_root() / "aoti_loader" / key
 
 
 def library() -> Path:

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from . import aoti_loader
+from .cache import cache_root
 from .device import autocast
 from .export_onnx import ImagePath, example_inputs, landmark_index_or_none
 from .model.meres import MERES
@@ -78,7 +79,7 @@ def source_digest() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MERES_CACHE_DIR") or Path.home() / ".cache" / "meres-ros") / "compiled"
+    return cache_root() / "compiled"
 
 
 class _PrecisionImagePath(nn.Module):
@@ -308,7 +309,7 @@ class BackgroundCompile:
             if self._runner is None:
                 self._gave_up = "the package compiled here did not load"
                 return
-            gil = "released" if aoti_loader.library().is_file() else "held"
+            gil = "released" if isinstance(self._runner, aoti_loader.GilFreePackage) else "held"
             if loader_only:
                 log.info("backend auto: the package runs with the GIL %s (loader built in the background in %.0f s)",
                          gil, time.perf_counter() - self._started)
@@ -336,10 +337,23 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="parent_watchdog", daemon=True).start()
 
 
-def main(argv=None) -> int:
-    """Compile SOURCE's image path to --out: the child process of BackgroundCompile."""
+def _compile_source(source: Path, dtype: torch.dtype, out: Path) -> None:
+    """Compile the checkpoint `source` (deleted once loaded) to the package `out`; a failure leaves a `.failed` note."""
     from .checkpoint import build_from_checkpoint
 
+    try:
+        model, _, _ = build_from_checkpoint(source)
+    finally:
+        source.unlink(missing_ok=True)
+    try:
+        compile_package(model.to(dtype), dtype, torch.device("cpu"), out)
+    except Exception as error:  # noqa: BLE001 - the compiler's failures are many: note any, so no start retries
+        out.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
+        raise
+
+
+def main(argv=None) -> int:
+    """Compile SOURCE's image path to --out, then build the GIL-releasing loader: the child process of BackgroundCompile."""
     parser = argparse.ArgumentParser(prog="python -m meres_core.compiled", description=main.__doc__)
     parser.add_argument("source", help="checkpoint of the model to compile (deleted once loaded)")
     parser.add_argument("--out", required=True, help="the package file")
@@ -355,19 +369,9 @@ def main(argv=None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process compiling the same package: wait for it
         if out.is_file():  # compiled meanwhile, or the parent wants only the loader
             Path(args.source).unlink(missing_ok=True)
-            aoti_loader.build()
-            return 0
-        try:
-            model, _, _ = build_from_checkpoint(args.source)
-        finally:
-            Path(args.source).unlink(missing_ok=True)
-        dtype = getattr(torch, args.precision)
-        try:
-            compile_package(model.to(dtype), dtype, torch.device("cpu"), out)
-        except Exception as error:  # noqa: BLE001 - the compiler's failures are many: note any, so no start retries
-            out.with_suffix(".failed").write_text(f"{type(error).__name__}: {error}\n")
-            raise
-        aoti_loader.build()
+        else:
+            _compile_source(Path(args.source), getattr(torch, args.precision), out)
+    aoti_loader.build()
     return 0
 
 

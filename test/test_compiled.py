@@ -91,12 +91,14 @@ def glimpses_inside(call, repeats: int = 5) -> int:
     inside, done, glimpses = [False], [False], 0
 
     def calls():
-        with torch.inference_mode():
-            for _ in range(repeats):
-                inside[0] = True
-                call()
-                inside[0] = False
-        done[0] = True
+        try:
+            with torch.inference_mode():
+                for _ in range(repeats):
+                    inside[0] = True
+                    call()
+                    inside[0] = False
+        finally:
+            done[0] = True  # a call that raises ends the wait too (its error is printed by threading)
 
     interval = sys.getswitchinterval()
     sys.setswitchinterval(100.0)
@@ -273,8 +275,6 @@ def test_auto_keeps_eager_when_the_package_is_slower(tiny, scene, tmp_path, capl
 
 def test_a_damaged_gil_releasing_loader_leaves_packages_to_torchs_loader(tmp_path, monkeypatch, caplog):
     """A library cut short (a build killed while linking) is not imported; packages still load, GIL held."""
-    from meres_core import aoti_loader
-
     monkeypatch.setenv("MERES_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(aoti_loader, "_loaded", None)
     aoti_loader.library().parent.mkdir(parents=True)
