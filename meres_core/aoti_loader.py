@@ -18,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+import os
 import platform
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -69,6 +71,10 @@ def build() -> bool:
         return True
     from torch.utils.cpp_extension import load_inline
 
+    if shutil.which("ninja") is None:  # cpp_extension runs `ninja` from PATH; the pip wheel's may not be on it
+        import ninja
+
+        os.environ["PATH"] = os.pathsep.join(filter(None, (ninja.BIN_DIR, os.environ.get("PATH"))))
     build_directory().mkdir(parents=True, exist_ok=True)
     try:  # cpp_extension locks the folder: concurrent builds wait for one another
         load_inline(NAME, cpp_sources=[SOURCE], build_directory=str(build_directory()), extra_cflags=["-O2"])
