@@ -873,7 +873,8 @@ class MeresNode(LifecycleNode):
         details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"
         details["results dropped for a newer sentence"] = str(self._stale_results)
         details["frames skipped for a fresher one"] = str(self._pacer.skipped)
-        details["image stamp to arrival (ms, median)"] = f"{1000 * self._pacer.transit_s():.1f}"
+        transit_s = self._pacer.transit_s()
+        details["image stamp to arrival (ms, median)"] = "-" if transit_s is None else f"{1000 * transit_s:.1f}"
         report = self._health.report(self._lifecycle_label(), details, self._frames.dropped)
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[report.level],
                                   name=f"meres_node: {self.get_fully_qualified_name()}",

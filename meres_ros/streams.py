@@ -238,10 +238,10 @@ class OneShotQueue:
 MAX_TRANSIT_S = 1.0
 
 
-def transit_from_stamp(now_ns: int, stamp_ns: int) -> float:
-    """Seconds from a frame's stamp to now on the node's clock; 0 where the two clocks cannot be the same."""
+def transit_from_stamp(now_ns: int, stamp_ns: int) -> Optional[float]:
+    """Seconds from a frame's stamp to now on the node's clock; None where the two clocks cannot be the same."""
     transit = (now_ns - stamp_ns) / 1e9
-    return transit if 0.0 <= transit <= MAX_TRANSIT_S else 0.0
+    return transit if 0.0 <= transit <= MAX_TRANSIT_S else None
 
 
 class FramePacer:
@@ -258,7 +258,7 @@ class FramePacer:
     Age counts from the frame's stamp, as a robot acting on the result does: its transit (stamp
     to arrival at the node: driver, transport, the executor) is part of it, and the next frame is
     expected to need the typical transit as well. A frame whose stamp the node's clock cannot
-    place (`transit_from_stamp`) counts from its arrival.
+    place (`transit_from_stamp`) counts from its arrival and leaves the typical transit alone.
 
     Camera period, transit and model time are estimates from the last `window` frames (medians
     of the arrival intervals and transits; a high percentile of the worker's times). Thread-safe:
@@ -273,11 +273,12 @@ class FramePacer:
         self._lock = threading.Lock()
         self.skipped = 0
 
-    def arrived(self, at: float, transit_s: float = 0.0) -> None:
-        """A frame arrived at `at` (monotonic s), `transit_s` after its stamp (0: unknown)."""
+    def arrived(self, at: float, transit_s: Optional[float] = None) -> None:
+        """A frame arrived at `at` (monotonic s), `transit_s` after its stamp (None: unknown)."""
         with self._lock:
             self._arrivals.append(at)
-            self._transits.append(transit_s)
+            if transit_s is not None:
+                self._transits.append(transit_s)
 
     def answered(self, duration_s: float) -> None:
         """The worker's time for one frame, from taking it to its results going out."""
@@ -292,11 +293,11 @@ class FramePacer:
         intervals = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
         return intervals[len(intervals) // 2]
 
-    def transit_s(self) -> float:
-        """The typical time from a frame's stamp to its arrival (median; 0 before any frame)."""
+    def transit_s(self) -> Optional[float]:
+        """The typical time from a frame's stamp to its arrival (median of the known ones; None: none known)."""
         with self._lock:
             transits = sorted(self._transits)
-        return transits[len(transits) // 2] if transits else 0.0
+        return transits[len(transits) // 2] if transits else None
 
     def model_s(self) -> Optional[float]:
         with self._lock:
@@ -305,9 +306,10 @@ class FramePacer:
             return None
         return durations[min(int(len(durations) * self._percentile / 100.0), len(durations) - 1)]
 
-    def wait_s(self, received_at: float, now: float, max_age_periods: float, transit_s: float = 0.0) -> float:
+    def wait_s(self, received_at: float, now: float, max_age_periods: float,
+               transit_s: Optional[float] = None) -> float:
         """How long to wait for a fresher frame instead of answering the one received at `received_at`,
-        `transit_s` after its stamp; 0: answer it."""
+        `transit_s` after its stamp (None: unknown, age from arrival); 0: answer it."""
         if max_age_periods <= 0:
             return 0.0
         period, model = self.period_s(), self.model_s()
@@ -318,8 +320,8 @@ class FramePacer:
         if now - last_arrival > 2.0 * period:  # the camera paused or stopped: answer what is here
             return 0.0
         limit = max_age_periods * period
-        age_if_answered = transit_s + (now - received_at) + model
-        age_of_next = self.transit_s() + model  # the next frame, answered as it arrives
+        age_if_answered = (transit_s or 0.0) + (now - received_at) + model
+        age_of_next = (self.transit_s() or 0.0) + model  # the next frame, answered as it arrives
         if age_if_answered <= limit or age_of_next > limit:  # in time; or no frame could be, so no use waiting
             return 0.0
         # The next frame is due one period after this one; allow a quarter period of jitter.

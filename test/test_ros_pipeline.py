@@ -3,6 +3,7 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import yaml
@@ -196,7 +197,7 @@ def test_one_shot_requests_wait_for_a_frame_received_after_them():
     assert queue.take_due(100.0) == [] and queue.take_all() == []
 
 
-def paced(period: float, model: float, transit: float = 0.0) -> FramePacer:
+def paced(period: float, model: float, transit: Optional[float] = None) -> FramePacer:
     """A pacer that has seen a camera at `period` s (arrivals up to t = 1.0, each `transit` s after its stamp)
     and a model taking `model` s."""
     pacer = FramePacer()
@@ -239,10 +240,16 @@ def test_frame_pacer_counts_age_from_the_stamp():
     # A camera 30 ms behind its stamps: the next frame would be 70 ms old as well, so no use skipping this one.
     late = paced(period, 0.040, transit=0.030)
     assert late.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=0.030) == 0.0
+    # Frames whose stamps the node's clock cannot place count from arrival and leave the typical transit alone.
+    for _ in range(30):
+        late.arrived(1.0, None)
+    assert late.transit_s() == pytest.approx(0.030)
+    assert pacer.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=None) == 0.0
+    assert FramePacer().transit_s() is None
 
 
 def test_transit_counts_only_stamps_the_nodes_clock_can_place():
     second = 1_000_000_000
     assert transit_from_stamp(100 * second, 100 * second - 4_000_000) == pytest.approx(0.004)
-    assert transit_from_stamp(100 * second, 101 * second) == 0.0  # stamped in the future: another clock
-    assert transit_from_stamp(100 * second, 5 * second) == 0.0  # 95 s ago: a replayed bag, another clock
+    assert transit_from_stamp(100 * second, 101 * second) is None  # stamped in the future: another clock
+    assert transit_from_stamp(100 * second, 5 * second) is None  # 95 s ago: a replayed bag, another clock
