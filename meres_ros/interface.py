@@ -153,9 +153,8 @@ PARAMETERS = {
                                    float_range=(0.0, 1000.0))),
     "max_result_age": (2.0, _descriptor("Freshness, in camera periods: when the model is slower than the camera and "
                                         "answering the newest frame would make its result older than this (from the "
-                                        "frame's stamp; from its arrival where the node's clock cannot place the "
-                                        "stamp) while the next frame would be answered in time, the worker waits for "
-                                        "the next frame. 0 = always answer the newest frame at once.",
+                                        "frame's arrival) while the next frame would be answered in time, the worker "
+                                        "waits for the next frame. 0 = always answer the newest frame at once.",
                                         float_range=(0.0, 100.0))),
     "mask_mode": ("full", _descriptor("The mask in ~/result and ~/results: full (the image's size), cropped (to the "
                                       "bbox, with its offset in the message) or none; ~/mask stays full.",

@@ -140,7 +140,6 @@ from meres_ros.streams import (
     ProblemLog,
     StampBuffer,
     stamp_ns,
-    transit_from_stamp,
 )
 from meres_ros.tracking import TargetTracker
 
@@ -248,7 +247,7 @@ class MeresNode(LifecycleNode):
         self._expressions = Expressions()
         self._expressions_lock = threading.Lock()  # held while a result is checked against them and published
         self._latched_copies = LatchedCopies(*LATCHED_COPY_WINDOWS_S)
-        self._frames = LatestSlot()  # (color Image, monotonic time received, s from its stamp to then)
+        self._frames = LatestSlot()  # (color Image, monotonic time received)
         self._pacer = FramePacer()  # waits for a fresher frame when the newest would be answered late
         self._depths = StampBuffer(STAMP_BUFFER_LENGTH)
         self._camera_infos = StampBuffer(STAMP_BUFFER_LENGTH)
@@ -575,9 +574,8 @@ class MeresNode(LifecycleNode):
             self._camera_infos.clear()
         self._last_color_stamp = stamp
         received_at = time.monotonic()
-        transit_s = transit_from_stamp(self.get_clock().now().nanoseconds, stamp)
-        self._pacer.arrived(received_at, transit_s)
-        self._frames.put((msg, received_at, transit_s))
+        self._pacer.arrived(received_at)
+        self._frames.put((msg, received_at))
 
     def _on_depth(self, msg: Image) -> None:
         self._health.received("depth")
@@ -611,18 +609,17 @@ class MeresNode(LifecycleNode):
                 continue
             settings = self._settings
             started = time.monotonic()
-            msg, received_at, transit_s = item
-            wait = self._pacer.wait_s(received_at, started, settings.max_result_age, transit_s)
+            wait = self._pacer.wait_s(item[1], started, settings.max_result_age)
             if wait > 0:  # answering this frame would give an old result: the next one is due first
                 fresher = self._frames.take(timeout=wait)
                 if self._stop_worker.is_set():
                     break
                 if fresher is not None:
                     self._pacer.skipped += 1
-                    (msg, received_at, _), started = fresher, time.monotonic()
+                    item, started = fresher, time.monotonic()
             next_start = started + (1.0 / settings.max_rate if settings.max_rate > 0 else 0.0)
             try:
-                segmented = self._process(msg, received_at, settings)
+                segmented = self._process(*item, settings)
             except Exception as error:  # the model (or a bug) failed on this frame: skip it, count it
                 if self._worker_failed(error):
                     return
@@ -873,8 +870,6 @@ class MeresNode(LifecycleNode):
         details["expressions"] = "; ".join(self._expressions.texts)[:200] or "-"
         details["results dropped for a newer sentence"] = str(self._stale_results)
         details["frames skipped for a fresher one"] = str(self._pacer.skipped)
-        transit_s = self._pacer.transit_s()
-        details["image stamp to arrival (ms, median)"] = "-" if transit_s is None else f"{1000 * transit_s:.1f}"
         report = self._health.report(self._lifecycle_label(), details, self._frames.dropped)
         status = DiagnosticStatus(level=DIAGNOSTIC_LEVELS[report.level],
                                   name=f"meres_node: {self.get_fully_qualified_name()}",

@@ -233,52 +233,32 @@ class OneShotQueue:
             return requests
 
 
-# A frame stamped further back than this (or in the future) by the node's clock was stamped by another
-# clock (a camera on an unsynchronized machine, a bag replayed without /clock): its age counts from arrival.
-MAX_TRANSIT_S = 1.0
-
-
-def transit_from_stamp(now_ns: int, stamp_ns: int) -> Optional[float]:
-    """Seconds from a frame's stamp to now on the node's clock; None where the two clocks cannot be the same."""
-    transit = (now_ns - stamp_ns) / 1e9
-    return transit if 0.0 <= transit <= MAX_TRANSIT_S else None
-
-
 class FramePacer:
     """Keeps results fresh when the model is slower than the camera: skip a frame for the next one.
 
     The worker answers the newest frame. With a model slower than one camera period the
     newest frame has already waited up to a period when the worker takes it, so its result
     comes out up to (one period + one model call) after the frame arrived. When answering a
-    frame now would make its result older than `max_age_periods` camera periods while the next
-    frame, expected within that period, would be answered in time, the worker waits for that one
-    instead (`wait_s`). It waits at most once per frame answered and only while frames keep
-    coming, so a stopped camera's last frame is answered.
+    frame now would make its result older than `max_age_periods` camera periods (counted
+    from its arrival) while the next frame, expected within that period, would be answered in
+    time, the worker waits for that one instead (`wait_s`). It waits at most once per frame
+    answered and only while frames keep coming, so a stopped camera's last frame is answered.
 
-    Age counts from the frame's stamp, as a robot acting on the result does: its transit (stamp
-    to arrival at the node: driver, transport, the executor) is part of it, and the next frame is
-    expected to need the typical transit as well. A frame whose stamp the node's clock cannot
-    place (`transit_from_stamp`) counts from its arrival and leaves the typical transit alone.
-
-    Camera period, transit and model time are estimates from the last `window` frames (medians
-    of the arrival intervals and transits; a high percentile of the worker's times). Thread-safe:
-    the executor reports arrivals, the worker asks and reports its times.
+    Camera period and model time are estimates from the last `window` frames (medians of the
+    arrival intervals; a high percentile of the worker's times). Thread-safe: the executor
+    reports arrivals, the worker asks and reports its times.
     """
 
     def __init__(self, window: int = 20, time_percentile: float = 90.0):
         self._arrivals: deque[float] = deque(maxlen=window + 1)
-        self._transits: deque[float] = deque(maxlen=window)
         self._durations: deque[float] = deque(maxlen=window)
         self._percentile = time_percentile
         self._lock = threading.Lock()
         self.skipped = 0
 
-    def arrived(self, at: float, transit_s: Optional[float] = None) -> None:
-        """A frame arrived at `at` (monotonic s), `transit_s` after its stamp (None: unknown)."""
+    def arrived(self, at: float) -> None:
         with self._lock:
             self._arrivals.append(at)
-            if transit_s is not None:
-                self._transits.append(transit_s)
 
     def answered(self, duration_s: float) -> None:
         """The worker's time for one frame, from taking it to its results going out."""
@@ -293,12 +273,6 @@ class FramePacer:
         intervals = sorted(b - a for a, b in zip(arrivals, arrivals[1:]))
         return intervals[len(intervals) // 2]
 
-    def transit_s(self) -> Optional[float]:
-        """The typical time from a frame's stamp to its arrival (median of the known ones; None: none known)."""
-        with self._lock:
-            transits = sorted(self._transits)
-        return transits[len(transits) // 2] if transits else None
-
     def model_s(self) -> Optional[float]:
         with self._lock:
             durations = sorted(self._durations)
@@ -306,10 +280,8 @@ class FramePacer:
             return None
         return durations[min(int(len(durations) * self._percentile / 100.0), len(durations) - 1)]
 
-    def wait_s(self, received_at: float, now: float, max_age_periods: float,
-               transit_s: Optional[float] = None) -> float:
-        """How long to wait for a fresher frame instead of answering the one received at `received_at`,
-        `transit_s` after its stamp (None: unknown, age from arrival); 0: answer it."""
+    def wait_s(self, received_at: float, now: float, max_age_periods: float) -> float:
+        """How long to wait for a fresher frame instead of answering the one received at `received_at`; 0: answer it."""
         if max_age_periods <= 0:
             return 0.0
         period, model = self.period_s(), self.model_s()
@@ -320,9 +292,8 @@ class FramePacer:
         if now - last_arrival > 2.0 * period:  # the camera paused or stopped: answer what is here
             return 0.0
         limit = max_age_periods * period
-        age_if_answered = (transit_s or 0.0) + (now - received_at) + model
-        age_of_next = (self.transit_s() or 0.0) + model  # the next frame, answered as it arrives
-        if age_if_answered <= limit or age_of_next > limit:  # in time; or no frame could be, so no use waiting
+        waited = now - received_at
+        if waited + model <= limit or model > limit:  # in time; or no frame could be, so no use waiting
             return 0.0
         # The next frame is due one period after this one; allow a quarter period of jitter.
         return max(received_at + 1.25 * period - now, 0.0)

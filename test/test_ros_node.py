@@ -622,8 +622,6 @@ def test_diagnostics_report_health(node):
     assert values["image path"] == "torch"
     assert float(values["latency p50 (ms)"]) > 0 and float(values["latency p95 (ms)"]) >= float(values["latency p50 (ms)"])
     assert {"image rate (Hz)", "depth rate (Hz)", "result rate (Hz)", "frames dropped", "last error"} <= set(values)
-    # The client stamps its frames with the same clock: their transit to the node is real and short.
-    assert 0.0 < float(values["image stamp to arrival (ms, median)"]) < 1000.0
     # No image for more than image_timeout (3 s): WARN; images again: OK.
     warning = client.wait_for_diagnostics(lambda s: s.level == DiagnosticStatus.WARN)
     assert "no image" in warning.message

@@ -3,7 +3,6 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
@@ -12,7 +11,7 @@ from rclpy.parameter import Parameter
 from meres_ros import health
 from meres_ros.interface import PARAMETERS, parameter_problem
 from meres_ros.pipeline import MAX_EXPRESSION_CHARS, parse_expressions
-from meres_ros.streams import FramePacer, LatchedCopies, LatestSlot, ProblemLog, StampBuffer, transit_from_stamp
+from meres_ros.streams import FramePacer, LatchedCopies, LatestSlot, ProblemLog, StampBuffer
 
 
 def test_parse_expressions():
@@ -197,12 +196,11 @@ def test_one_shot_requests_wait_for_a_frame_received_after_them():
     assert queue.take_due(100.0) == [] and queue.take_all() == []
 
 
-def paced(period: float, model: float, transit: Optional[float] = None) -> FramePacer:
-    """A pacer that has seen a camera at `period` s (arrivals up to t = 1.0, each `transit` s after its stamp)
-    and a model taking `model` s."""
+def paced(period: float, model: float) -> FramePacer:
+    """A pacer that has seen a camera at `period` s (arrivals up to t = 1.0) and a model taking `model` s."""
     pacer = FramePacer()
     for i in range(10):
-        pacer.arrived(1.0 - (9 - i) * period, transit)
+        pacer.arrived(1.0 - (9 - i) * period)
     for _ in range(5):
         pacer.answered(model)
     return pacer
@@ -226,30 +224,3 @@ def test_frame_pacer_waits_for_the_next_frame_only_when_that_answers_fresher():
     assert pacer.wait_s(received_at=1.0, now=1.0 + 3 * period, max_age_periods=2.0) == 0.0
     # Too little history to know the camera or the model: answer.
     assert FramePacer().wait_s(received_at=1.0, now=1.030, max_age_periods=2.0) == 0.0
-
-
-def test_frame_pacer_counts_age_from_the_stamp():
-    """30 Hz camera, 40 ms model, frames 3 ms from stamp to node: age is what a robot sees, from the stamp."""
-    period = 1 / 30
-    pacer = paced(period, 0.040, transit=0.003)
-    assert pacer.transit_s() == pytest.approx(0.003)
-    # Arrived 20 ms ago, 3 ms after its stamp: 63 ms at its answer, in time.
-    assert pacer.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=0.003) == 0.0
-    # This one took 12 ms to arrive (the executor was busy): 72 ms at its answer, though only 60 from its arrival.
-    assert pacer.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=0.012) > 0.0
-    # A camera 30 ms behind its stamps: the next frame would be 70 ms old as well, so no use skipping this one.
-    late = paced(period, 0.040, transit=0.030)
-    assert late.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=0.030) == 0.0
-    # Frames whose stamps the node's clock cannot place count from arrival and leave the typical transit alone.
-    for _ in range(30):
-        late.arrived(1.0, None)
-    assert late.transit_s() == pytest.approx(0.030)
-    assert pacer.wait_s(received_at=1.0, now=1.020, max_age_periods=2.0, transit_s=None) == 0.0
-    assert FramePacer().transit_s() is None
-
-
-def test_transit_counts_only_stamps_the_nodes_clock_can_place():
-    second = 1_000_000_000
-    assert transit_from_stamp(100 * second, 100 * second - 4_000_000) == pytest.approx(0.004)
-    assert transit_from_stamp(100 * second, 101 * second) is None  # stamped in the future: another clock
-    assert transit_from_stamp(100 * second, 5 * second) is None  # 95 s ago: a replayed bag, another clock
