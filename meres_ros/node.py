@@ -796,31 +796,30 @@ class MeresNode(LifecycleNode):
             elapsed = inference_ms(targets)
             results = [self._result_message(header, t, expressions.request_id, settings.mask_mode, elapsed)
                        for t in (targets if listened.get("results") else targets[:1])]
-        with self._expressions_lock:
-            if self._expressions is not expressions or not self._outputs:
-                self._stale_results += 1  # computed for sentences the node no longer holds: never published
-                return
-            if centroid is not None:
-                self._outputs["centroid"].publish(centroid)
-            if listened.get("result"):
-                self._outputs["result"].publish(results[0])
-            if listened.get("results"):
-                self._outputs["results"].publish(self._result_types[1](header=header, results=results))
+        result_array = self._result_types[1](header=header, results=results) if listened.get("results") else None
+        firsts = {"centroid": centroid, "result": results[0] if listened.get("result") else None, "results": result_array}
+        if not self._publish_if_current(expressions, firsts):
+            self._stale_results += 1  # computed for sentences the node no longer holds: never published
+            return
         overlay = None
         if settings.publish_debug and listened.get("debug_image"):
             overlay = numpy_to_image(render_overlay(frame.rgb, targets), "rgb8", header)
         markers = target_markers(header, targets) if listened.get("markers") else None
         mask = numpy_to_image(primary.mask.astype(np.uint8) * 255, "mono8", header) if listened.get("mask") else None
+        # A sentence changed meanwhile keeps its images back; its results went out above.
+        self._publish_if_current(expressions, {"debug_image": overlay, "markers": markers, "mask": mask})
+        self._health.published(time.monotonic() - received_at)
+
+    def _publish_if_current(self, expressions: Expressions, messages: dict) -> bool:
+        """Publish the messages (None: skipped) on the outputs of those names, unless the node no longer
+        holds `expressions` (or has no outputs, deactivated); False then, and nothing is published."""
         with self._expressions_lock:
             if self._expressions is not expressions or not self._outputs:
-                return  # the sentence changed meanwhile: its results went out, its images do not
-            if overlay is not None:
-                self._outputs["debug_image"].publish(overlay)
-            if markers is not None:
-                self._outputs["markers"].publish(markers)
-            if mask is not None:
-                self._outputs["mask"].publish(mask)
-        self._health.published(time.monotonic() - received_at)
+                return False
+            for name, message in messages.items():
+                if message is not None:
+                    self._outputs[name].publish(message)
+            return True
 
     def _result_message(self, header, target: Target, request_id: int, mask_mode: str, elapsed_ms: float):
         mask, offset_x, offset_y = mask_window(target, mask_mode)
