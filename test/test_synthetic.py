@@ -363,3 +363,30 @@ def test_generate_writes_the_varied_appearance(tmp_path):
     assert not np.array_equal(render_scene(4, 2, 120, 160, depth=False).image, written)
     with pytest.raises(ValueError, match="appearance"):
         generate(tmp_path / "bad", 1, appearance="neon")
+
+
+def _share_touching_own_colour(scenes) -> float:
+    """Share of shapes whose visible mask touches (within 2 px) a visible shape of the same colour name."""
+    touching = total = 0
+    for scene in scenes:
+        grown = [cv2.dilate(s.visible.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0 for s in scene.shapes]
+        for i, shape in enumerate(scene.shapes):
+            total += 1
+            touching += any(j != i and other.color == shape.color and (grown[i] & other.visible).any()
+                            for j, other in enumerate(scene.shapes))
+    return touching / total
+
+
+def test_same_colour_neighbours_put_shapes_on_shapes_of_their_colour(tmp_path):
+    plain = [render_scene(5, i, H, W, depth=False, appearance="shaded") for i in range(1, 41)]
+    neighbours = [render_scene(5, i, H, W, depth=False, appearance="shaded", same_colour_neighbours=1.0)
+                  for i in range(1, 41)]
+    assert _share_touching_own_colour(neighbours) > _share_touching_own_colour(plain) + 0.1
+    with pytest.raises(ValueError):
+        render_scene(5, 1, H, W, same_colour_neighbours=1.5)
+
+    meta = generate(tmp_path, 3, seed=5, height=H, width=W, depth=False, appearance="shaded",
+                    same_colour_neighbours=1.0)
+    assert meta["same_colour_neighbours"] == 1.0
+    written = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / "synth_000002.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(written, neighbours[1].image)

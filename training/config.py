@@ -38,6 +38,7 @@ class SyntheticConfig:
     absent_fraction: float = 0.08  # share of no-target ("absent") sentences
     sentences_per_object: int = 3
     appearance: Literal["muted", "varied", "shaded"] = "muted"  # meres_core/data/synthetic/scene.py
+    same_colour_neighbours: float = 0.0  # share of shapes placed next to another that take its colour
 
 
 @dataclass

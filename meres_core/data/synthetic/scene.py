@@ -1,6 +1,6 @@
 """Rendering: flat coloured shapes on a textured background, drawn back to front, with depth.
 
-A scene depends only on (seed, image_id, appearance): `render_scene` rebuilds it.
+A scene depends only on (seed, image_id, appearance, same_colour_neighbours): `render_scene` rebuilds it.
 
 Appearances: `muted` (meres-synth 1.2's scenes: grey-ish textured backgrounds, shapes of
 circumradius 6-17% of the shorter side), `varied`, domain randomization of what the
@@ -8,6 +8,9 @@ sentence does not name: backgrounds of any hue and brightness, plain or hard-str
 textured, smaller shapes (4-17%), and sometimes no sensor noise; a quarter of its scenes keep the
 muted background; and `shaded` (1.4): `varied`, with each shape painted in another shade of its
 colour name (darker, lighter, duller, a few degrees of hue), as lighting and cameras shift colours.
+`same_colour_neighbours` (1.7): the share of shapes placed next to another that take its colour, so
+that small, partly hidden shapes sit on objects of their own colour (where the category sentences of
+the demo model miss most); 0 draws the scenes of 1.6.
 Colours and shapes keep their names' meaning: a background colour always stays at least
 BACKGROUND_CONTRAST (RGB distance) from every colour a shape of the scene is painted in.
 """
@@ -180,8 +183,9 @@ def _varied_background(rng: np.random.Generator, height: int, width: int, avoid:
 
 
 def _place_shapes(rng: np.random.Generator, height: int, width: int,
-                  radius_range: tuple[float, float]) -> list[Shape]:
-    """Sample 3-7 shapes from small category/colour palettes so that distractors repeat."""
+                  radius_range: tuple[float, float], same_colour_neighbours: float = 0.0) -> list[Shape]:
+    """Sample 3-7 shapes from small category/colour palettes so that distractors repeat; a shape placed
+    next to another takes its colour with probability `same_colour_neighbours`."""
     n = int(rng.integers(3, 8))
     cats = rng.choice(CATEGORIES, size=int(rng.integers(2, min(n, 4) + 1)), replace=False)
     colors = rng.choice(list(COLORS), size=int(rng.integers(2, 6)), replace=False)
@@ -191,8 +195,12 @@ def _place_shapes(rng: np.random.Generator, height: int, width: int,
         category, color = str(rng.choice(cats)), str(rng.choice(colors))
         for _attempt in range(30):
             r = rng.uniform(*radius_range) * side
+            color_here = color
             if shapes and rng.random() < 0.35:  # next to an existing shape, to get some occlusion
-                ax, ay = shapes[int(rng.integers(len(shapes)))].center
+                neighbour = shapes[int(rng.integers(len(shapes)))]
+                ax, ay = neighbour.center
+                if same_colour_neighbours > 0 and rng.random() < same_colour_neighbours:  # no draw at 0: 1.6's scenes
+                    color_here = neighbour.color
                 theta, dist = rng.uniform(0, 2 * np.pi), rng.uniform(1.0, 2.0) * r
                 cx, cy = ax + dist * np.cos(theta), ay + dist * np.sin(theta)
             else:
@@ -206,7 +214,7 @@ def _place_shapes(rng: np.random.Generator, height: int, width: int,
                     s.visible = s.visible & ~full
                 (x0, y0), (x1, y1) = np.floor(poly.min(0)).astype(int), np.ceil(poly.max(0)).astype(int)
                 box = slice(max(y0, 0), y1 + 1), slice(max(x0, 0), x1 + 1)
-                shapes.append(Shape(category, color, (cx, cy), box, full, full.copy()))
+                shapes.append(Shape(category, color_here, (cx, cy), box, full, full.copy()))
                 break
     return shapes
 
@@ -251,10 +259,13 @@ def _depth(rng: np.random.Generator, shapes: list[Shape], height: int, width: in
     return np.round(depth).astype(np.uint16)
 
 
-def _render(rng: np.random.Generator, height: int, width: int, depth: bool, appearance: str = "muted") -> Scene:
+def _render(rng: np.random.Generator, height: int, width: int, depth: bool, appearance: str = "muted",
+            same_colour_neighbours: float = 0.0) -> Scene:
     if appearance not in APPEARANCES:
         raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
-    shapes = _place_shapes(rng, height, width, RADIUS_RANGE[appearance])
+    if not 0.0 <= same_colour_neighbours <= 1.0:
+        raise ValueError(f"same_colour_neighbours must be in [0, 1], got {same_colour_neighbours}")
+    shapes = _place_shapes(rng, height, width, RADIUS_RANGE[appearance], same_colour_neighbours)
     shades = [_shade(rng, s.color) for s in shapes] if appearance == "shaded" else [None] * len(shapes)
     if appearance == "muted":
         background, canvas = "muted", _background(rng, height, width)
@@ -276,6 +287,7 @@ def _scene_rng(seed: int, image_id: int) -> np.random.Generator:
 
 
 def render_scene(seed: int, image_id: int, height: int = 480, width: int = 640, depth: bool = True,
-                 appearance: str = "muted") -> Scene:
-    """The scene `generate(seed=seed, appearance=appearance)` writes for `image_id` (expressions not included)."""
-    return _render(_scene_rng(seed, image_id), height, width, depth, appearance)
+                 appearance: str = "muted", same_colour_neighbours: float = 0.0) -> Scene:
+    """The scene `generate(seed=seed, appearance=appearance, same_colour_neighbours=...)` writes for
+    `image_id` (expressions not included)."""
+    return _render(_scene_rng(seed, image_id), height, width, depth, appearance, same_colour_neighbours)

@@ -47,9 +47,10 @@ from .expressions import _describe, _sentence
 from .scene import APPEARANCES, _render, _scene_rng, camera_info
 from .vocabulary import CATEGORY_IDS, KINDS
 
-VERSION = "1.6"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
+VERSION = "1.7"  # 1.2: sentences with a positional qualifier carry `ranked_ann_ids`; 1.3: `appearance`; 1.4: `shaded`;
 # 1.5: "nearest the <side> edge" wordings of the extremes, "the only <name>"; 1.6: relation sentences carry
-# `ranked_ann_ids` (every member of their base), `landmark_ann_id` and `relation` (scenes and words as 1.5)
+# `ranked_ann_ids` (every member of their base), `landmark_ann_id` and `relation` (scenes and words as 1.5);
+# 1.7: `same_colour_neighbours` (at 0, its default, the scenes and words of 1.6)
 DATASET = "synth"
 SPLITS = ("train", "val", "test")
 
@@ -104,12 +105,13 @@ class _Job:
     absent_rate: float
     sentences_per_object: int
     appearance: str
+    same_colour_neighbours: float
 
 
 def _build_image(job: _Job) -> tuple[list[dict], list]:
     """Render, write and describe one image. Ids are left to the caller, so workers stay independent."""
     rng = _scene_rng(job.seed, job.image_id)
-    scene = _render(rng, job.height, job.width, job.depth, job.appearance)
+    scene = _render(rng, job.height, job.width, job.depth, job.appearance, job.same_colour_neighbours)
     name = image_file_name(job.image_id)
     cv2.imwrite(str(job.out_dir / "images" / name), cv2.cvtColor(scene.image, cv2.COLOR_RGB2BGR), PNG_PARAMS)
     if job.depth:
@@ -129,7 +131,8 @@ def _build_image(job: _Job) -> tuple[list[dict], list]:
 
 def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: int = 640, depth: bool = True,
              split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), absent_fraction: float = 0.08,
-             sentences_per_object: int = 3, appearance: str = "muted", workers: int = 1) -> dict:
+             sentences_per_object: int = 3, appearance: str = "muted", same_colour_neighbours: float = 0.0,
+             workers: int = 1) -> dict:
     """Write `num_images` synthetic scenes under `out_dir` and return the meta dict.
 
     The output depends only on the arguments other than `workers` (processes used to render).
@@ -144,6 +147,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
         raise ValueError("sentences_per_object must be >= 1")
     if appearance not in APPEARANCES:
         raise ValueError(f"appearance must be one of {APPEARANCES}, got {appearance!r}")
+    if not 0.0 <= same_colour_neighbours <= 1.0:
+        raise ValueError("same_colour_neighbours must be in [0, 1]")
     out = Path(out_dir)
     for sub in ("images", DATASET) + (("depth",) if depth else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -153,7 +158,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
     # Absent sentences per object sentence, so that absent / all == absent_fraction on average.
     absent_rate = absent_fraction / (1 - absent_fraction)
     jobs = [_Job(out, seed, i + 1, height, width, depth, absent_rate, sentences_per_object,
-                 appearance) for i in range(num_images)]
+                 appearance, same_colour_neighbours) for i in range(num_images)]
     images, annotations, refs = [], [], []
     counts = {"images": Counter(), "refs": Counter(), "sentences": Counter(), "kinds": Counter()}
     n_sentences = 0
@@ -206,7 +211,7 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
         "generator": "meres-synth", "version": VERSION, "seed": seed, "num_images": num_images,
         "height": height, "width": width, "depth": depth, "split_fractions": list(split_fractions),
         "absent_fraction": absent_fraction, "sentences_per_object": sentences_per_object, "appearance": appearance,
-        "annotations": len(annotations), "images": {s: counts["images"][s] for s in SPLITS},
+        "same_colour_neighbours": same_colour_neighbours, "annotations": len(annotations), "images": {s: counts["images"][s] for s in SPLITS},
         "refs": {s: counts["refs"][s] for s in SPLITS}, "sentences": {s: counts["sentences"][s] for s in SPLITS},
         "kinds": {k: counts["kinds"][k] for k in KINDS},
     }
@@ -232,6 +237,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--sentences-per-object", type=int, default=3)
     parser.add_argument("--appearance", choices=APPEARANCES, default="muted",
                         help="muted: meres-synth 1.2's scenes; varied: backgrounds of any colour and style, smaller shapes")
+    parser.add_argument("--same-colour-neighbours", type=float, default=0.0,
+                        help="share of shapes placed next to another that take its colour (default 0)")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8),
                         help="rendering processes (default: CPU count, at most 8); output does not depend on it")
     parser.add_argument("--splits", type=lambda s: tuple(float(x) for x in s.split(",")), default=(0.8, 0.1, 0.1),
@@ -241,7 +248,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     meta = generate(args.out, args.images, seed=args.seed, height=args.size[0], width=args.size[1],
                     depth=not args.no_depth, split_fractions=args.splits, absent_fraction=args.absent_fraction,
                     sentences_per_object=args.sentences_per_object, appearance=args.appearance,
-                    workers=args.workers)
+                    same_colour_neighbours=args.same_colour_neighbours, workers=args.workers)
     n_sent = sum(meta["sentences"].values())
     splits = " / ".join(f"{s} {meta['images'].get(s, 0)}" for s in SPLITS)
     print(f"meres-synth: {args.images} images ({splits}), {sum(meta['refs'].values())} refs, {n_sent} sentences "
