@@ -144,10 +144,11 @@ class OnnxImagePath:
             providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()] + providers
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()  # the same CPU budget as the torch backend
-        # No busy-waiting between runs: onnxruntime's threads otherwise spin on the cores after each
-        # call and slow whatever runs next in the process (the node's callbacks, the next frame's
-        # post-processing; in the benchmark, the next candidate ran 2x slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Threads spin between the kernels of a run (without it every kernel wakes them from sleep:
+        # demo image path 60-62 -> 54 ms here) and stop when the run returns; spinning on after it
+        # slowed whatever ran next in the process (in the benchmark, the next candidate 61 -> 91 ms).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         self.session = ort.InferenceSession(fused_graph(self.path, device), options, providers=providers)
         meta = {k.removeprefix("meres."): json.loads(v)
                 for k, v in self.session.get_modelmeta().custom_metadata_map.items() if k.startswith("meres.")}

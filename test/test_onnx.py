@@ -83,3 +83,11 @@ def test_loading_prints_nothing_on_stdout(exported, capfd):
     capfd.readouterr()
     fused_graph(exported[2], torch.device("cpu"))
     assert capfd.readouterr().out == ""
+
+
+def test_threads_spin_only_while_a_run_lasts(exported):
+    """Spinning between kernels speeds a run; spinning after it slowed what ran next in the process."""
+    model, _, path = exported
+    options = OnnxImagePath(path, model, torch.device("cpu")).session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
