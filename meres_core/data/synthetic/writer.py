@@ -211,7 +211,8 @@ def generate(out_dir, num_images: int, seed: int = 0, height: int = 480, width: 
         "generator": "meres-synth", "version": VERSION, "seed": seed, "num_images": num_images,
         "height": height, "width": width, "depth": depth, "split_fractions": list(split_fractions),
         "absent_fraction": absent_fraction, "sentences_per_object": sentences_per_object, "appearance": appearance,
-        "same_colour_neighbours": same_colour_neighbours, "annotations": len(annotations), "images": {s: counts["images"][s] for s in SPLITS},
+        "same_colour_neighbours": same_colour_neighbours,
+        "annotations": len(annotations), "images": {s: counts["images"][s] for s in SPLITS},
         "refs": {s: counts["refs"][s] for s in SPLITS}, "sentences": {s: counts["sentences"][s] for s in SPLITS},
         "kinds": {k: counts["kinds"][k] for k in KINDS},
     }
