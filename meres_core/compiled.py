@@ -32,8 +32,10 @@ median is lower; a slower one leaves a `.slower` note, and later starts neither 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -97,8 +99,10 @@ class _PrecisionImagePath(nn.Module):
 
 
 def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
-    """Weights, code, precision, device, input size, torch version and CPU instruction set: one package each."""
+    """Weights, model config, code, precision, device, torch version and CPU instruction set: one package each.
+    The config counts because some of it is no weight (model.located_peak_logit, the input size)."""
     digest = hashlib.sha256()
+    digest.update(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -107,7 +111,7 @@ def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
                       torch.cpu._is_avx512_bf16_supported())
     else:
         capability = torch.cuda.get_device_name(device)
-    for part in (source_digest(), dtype, device.type, model.cfg.vision.img_size, torch.__version__, platform.machine(), capability):
+    for part in (source_digest(), dtype, device.type, torch.__version__, platform.machine(), capability):
         digest.update(str(part).encode())
     return digest.hexdigest()[:20]
 

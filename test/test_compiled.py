@@ -16,6 +16,7 @@ import torch
 
 from meres_core import aoti_loader
 from meres_core.compiled import COMPILE_AFTER_CALLS, TRIAL_CALLS, BackgroundCompile, CompiledImagePath, package_key
+from meres_core.config import load_config
 from meres_core.export_onnx import ImagePath
 from meres_core.inference import Segmenter
 from meres_core.model.meres import MERES
@@ -145,6 +146,15 @@ def test_another_model_or_precision_gets_another_package(tiny):
     with torch.no_grad():
         changed.decoder.head.bias.add_(1e-3)  # a retrained checkpoint never runs an old package
     assert package_key(changed, torch.float32, cpu) != key
+
+
+def test_another_model_config_with_the_same_weights_gets_another_package():
+    """model.located_peak_logit is config, not a weight: the lifted model must not run the plain one's package."""
+    cpu = torch.device("cpu")
+    plain = MERES(load_config("tiny", overrides={"model": {"no_target_head": True}}).model).eval()
+    lifted = MERES(load_config("tiny", overrides={"model": {"no_target_head": True, "located_peak_logit": 1.0}}).model).eval()
+    lifted.load_state_dict(plain.state_dict())
+    assert package_key(lifted, torch.float32, cpu) != package_key(plain, torch.float32, cpu)
 
 
 def test_other_model_code_gets_another_package(tiny, tmp_path, monkeypatch):
