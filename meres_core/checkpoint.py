@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import MeresConfig, config_from_dict, config_to_dict
+from .config import MeresConfig, config_from_dict, config_to_dict, override, validate
 
 FORMAT = "meres-checkpoint"
 VERSION = 1
@@ -124,12 +124,16 @@ def load_weights(model: torch.nn.Module, payload: dict[str, Any], path: str | Pa
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=False)
 
 
-def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"):
-    """-> (model in eval mode, config, metadata)."""
+def build_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                          overrides: dict[str, Any] | None = None):
+    """-> (model in eval mode, config, metadata). `overrides`: nested changes to the checkpoint's
+    MeresConfig (`--set` pairs, config.parse_overrides), applied before the model is built."""
     from .model.meres import MERES
 
     payload = load_checkpoint(path, map_location)
     cfg: MeresConfig = payload["config"]
+    if overrides:
+        cfg = validate(override(cfg, overrides))
     model = MERES(cfg.model)
     load_weights(model, payload, resolve_checkpoint(path))
     return model.eval(), cfg, payload["metadata"]

@@ -100,7 +100,7 @@ class _PrecisionImagePath(nn.Module):
 
 def package_key(model: MERES, dtype: torch.dtype, device: torch.device) -> str:
     """Weights, model config, code, precision, device, torch version and CPU instruction set: one package each.
-    The config counts because some of it is no weight (model.located_peak_logit, the input size)."""
+    The config counts because some of it is no weight (the extractor's top-k share, the input size)."""
     digest = hashlib.sha256()
     digest.update(json.dumps(dataclasses.asdict(model.cfg), sort_keys=True).encode())
     for name, tensor in model.state_dict().items():

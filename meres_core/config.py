@@ -141,9 +141,6 @@ class ModelConfig:
     # trained with BCE on "the target exists" (model/no_target.py). Off in `paper`.
     no_target_head: bool = False
     no_target_weight: float = 1.0
-    # With the no-target head: a map whose peak logit is below this is raised to it before the gate, so
-    # a target the head calls present is always located (model/no_target.py). null: off.
-    located_peak_logit: Optional[float] = None
 
 
 @dataclass
@@ -208,8 +205,6 @@ def validate(cfg: MeresConfig) -> MeresConfig:
         raise ValueError("model.candidate_pick_weight must be >= 0 and needs model.candidate_rank_pick")
     if m.candidate_gain_weight < 0 or (m.candidate_gain_weight and not m.candidate_rank_pick):
         raise ValueError("model.candidate_gain_weight must be >= 0 and needs model.candidate_rank_pick")
-    if m.located_peak_logit is not None and not m.no_target_head:
-        raise ValueError("model.located_peak_logit needs model.no_target_head (without it every sentence would be found)")
     return cfg
 
 

@@ -1,7 +1,6 @@
 """model.no_target_head: a no-target classifier folded into the logits (model/no_target.py)."""
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -86,31 +85,3 @@ def test_it_empties_the_mask_of_an_absent_target_where_the_mask_cannot_tell():
     assert (logits > 0).flatten(1).any(1).all()  # without the head every sentence is "found"
     assert (found == present).float().mean() > 0.97
     assert ((gated > 0) == (target > 0))[present].all()  # present targets keep their mask
-
-
-def test_located_peak_logit_keeps_a_weak_present_target_in_the_mask_and_leaves_absent_ones_out():
-    """A map weak everywhere (peak logit -3 at one blob, -4 beside it, -9 elsewhere): the mask is empty
-    without the lift whatever the head says; with it, a present target keeps the peak's cells only (the
-    cells a logit below stay out), an absent one stays empty, and a confident map is left as it was."""
-    logits = torch.full((1, 1, 8, 8), -9.0)
-    logits[0, 0, 2:4, 2:4] = -3.0
-    logits[0, 0, 4, 2:4] = -4.0
-    inputs = (torch.zeros(1, 2, 8, 8), torch.zeros(1, 3, 8, 8), torch.zeros(1, 1, 4), torch.ones(1, 1, dtype=torch.bool))
-    plain = NoTargetHead(coarse_dim=2, fine_dim=3, text_dim=4)
-    lifted = NoTargetHead(coarse_dim=2, fine_dim=3, text_dim=4, peak_logit=1.0)  # same init: t = INIT_BIAS
-    with torch.no_grad():
-        assert not (plain(logits, *inputs)[0] > 0).any()
-        gated, t = lifted(logits, *inputs)
-        assert float(t) == INIT_BIAS
-        assert torch.equal(gated[0, 0] > 0, logits[0, 0] == -3.0)
-        lifted.mlp[-1].bias.fill_(-INIT_BIAS)  # the head says "absent"
-        assert not (lifted(logits, *inputs)[0] > 0).any()
-        lifted.mlp[-1].bias.fill_(INIT_BIAS)
-        confident = logits + 12.0  # peak +9: nothing to lift
-        assert torch.equal(lifted(confident, *inputs)[0], plain(confident, *inputs)[0])
-
-
-def test_located_peak_logit_needs_the_head():
-    with pytest.raises(ValueError, match="located_peak_logit needs"):
-        load_config("tiny", overrides={"model": {"located_peak_logit": 1.0}})
-    assert with_head().model.located_peak_logit is None  # off unless configured

@@ -555,6 +555,12 @@ def test_evaluate_writes_json_table_and_pr_curve(trained, tmp_path, capsys):
                               "--num-workers", "0", "--out", str(tmp_path / "eval_input"), "--resolution", "input"])
     assert at_input["resolution"] == "input" and at_input["n"] == saved["n"]
 
+    changed = evaluate.main(["--checkpoint", str(trained / "best.pt"), "--split", "val", "--data-root", str(data),
+                             "--num-workers", "0", "--out", str(tmp_path / "eval_set"),
+                             "--set", "inference.presence_threshold=0.97"])
+    assert changed["presence_threshold"] == 0.97 and changed["set"] == ["inference.presence_threshold=0.97"]
+    assert "set" not in saved
+
 
 def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
     from meres_core.inference import Segmenter
@@ -568,6 +574,24 @@ def test_export_drops_training_state_and_halves_weights(trained, tmp_path):
     assert out.stat().st_size < 0.4 * (trained / "best.pt").stat().st_size  # no optimizer moments, fp16
     result = Segmenter.from_checkpoint(out).segment(torch.zeros(96, 128, 3, dtype=torch.uint8).numpy(), "a star")[0]
     assert result.mask.shape == (96, 128)
+
+
+def test_export_changes_the_config_before_the_model_is_built_and_refuses_what_cannot_be(trained, tmp_path):
+    """`--set` (and --presence-threshold) change the deployed config; the weights stay as trained."""
+    from training.export import main as export_main
+
+    out = tmp_path / "deploy.pt"
+    export_main(["--checkpoint", str(trained / "best.pt"), "--out", str(out), "--presence-threshold", "0.6",
+                 "--set", "inference.mask_threshold=0.4"])
+    payload = load_checkpoint(out)
+    assert payload["config"].inference.presence_threshold == pytest.approx(0.6)
+    assert payload["config"].inference.mask_threshold == pytest.approx(0.4)
+    trained_weights = load_checkpoint(trained / "best.pt")["model"]
+    assert all(torch.equal(payload["model"][k], v) for k, v in trained_weights.items())
+    with pytest.raises(ValueError, match="topk_ratio"):  # validated before anything is written
+        export_main(["--checkpoint", str(trained / "best.pt"), "--out", str(tmp_path / "x.pt"),
+                     "--set", "model.extractor.topk_ratio=1.5"])
+    assert not (tmp_path / "x.pt").exists()
 
 
 def test_ablation_tooling_runs_table3_and_the_eq6_eq7_readings(tmp_path):

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from meres_core.checkpoint import build_from_checkpoint, resolve_checkpoint
-from meres_core.config import MeresConfig
+from meres_core.config import MeresConfig, parse_overrides
 from meres_core.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from meres_core.device import autocast, precision_name, select_device, select_dtype
 from meres_core.inference import Segmenter
@@ -191,6 +191,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32",
                         help="fp16 needs CUDA; elsewhere fp32 runs (with a warning) and the report says so")
     parser.add_argument("--out", help="output folder (default: runs/eval/<checkpoint>_<dataset>_<split>_<resolution>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the checkpoint's config before the model is built, e.g. "
+                             "inference.mask_threshold=0.4 (training.export --set ships the choice)")
     return parser.parse_args(argv)
 
 
@@ -198,7 +201,7 @@ def main(argv=None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     device = select_device(args.device)
-    model, cfg, metadata = build_from_checkpoint(args.checkpoint, map_location=device)
+    model, cfg, metadata = build_from_checkpoint(args.checkpoint, map_location=device, overrides=parse_overrides(args.set))
     model.to(device)
     data = data_config(args, metadata)
     dataset = make_dataset(data, args.split, cfg.model.vision.img_size, keep_original=args.resolution == "original",
@@ -211,7 +214,7 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "checkpoint": str(checkpoint), "dataset": data.dataset, "split_by": data.split_by, "split": args.split,
-        "preset": cfg.preset, **result.summary,
+        "preset": cfg.preset, **({"set": args.set} if args.set else {}), **result.summary,
     }
     (out / "metrics.json").write_text(json.dumps(json_safe(report), indent=1))
     result.pr.plot(out / "pr_curve.png", label=cfg.preset)

@@ -12,17 +12,15 @@ import argparse
 from pathlib import Path
 
 from meres_core.checkpoint import build_from_checkpoint, save_checkpoint
-from meres_core.config import validate
+from meres_core.config import merge, parse_overrides
 
 
 def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None,
-           presence_threshold: float | None = None, located_peak_logit: float | None = None) -> Path:
-    model, cfg, trained_metadata = build_from_checkpoint(checkpoint)
+           presence_threshold: float | None = None, overrides: dict | None = None) -> Path:
+    overrides = dict(overrides or {})
     if presence_threshold is not None:  # calibrated on the val split (training.evaluate prints it)
-        cfg.inference.presence_threshold = presence_threshold
-    if located_peak_logit is not None:  # chosen on the val split; no weights change, the loaded model applies it
-        cfg.model.located_peak_logit = located_peak_logit
-        validate(cfg)
+        overrides = merge(overrides, {"inference": {"presence_threshold": presence_threshold}})
+    model, cfg, trained_metadata = build_from_checkpoint(checkpoint, overrides=overrides)
     return save_checkpoint(out, model, cfg, {**trained_metadata, **(metadata or {})}, half=half)
 
 
@@ -33,11 +31,12 @@ def main(argv=None) -> None:
     parser.add_argument("--half", action="store_true", help="store weights as fp16 (half the size)")
     parser.add_argument("--presence-threshold", type=float,
                         help="the deployed presence threshold (default: the checkpoint's)")
-    parser.add_argument("--located-peak-logit", type=float,
-                        help="model.located_peak_logit of the deployed model (model/no_target.py; default: the checkpoint's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the checkpoint's config, e.g. inference.mask_threshold=0.4 (compared on val "
+                             "with training.evaluate --set first); the weights stay as trained")
     args = parser.parse_args(argv)
     path = export(args.checkpoint, args.out, args.half, presence_threshold=args.presence_threshold,
-                  located_peak_logit=args.located_peak_logit)
+                  overrides=parse_overrides(args.set))
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 

@@ -65,8 +65,7 @@ class MERES(nn.Module):
                                if cfg.candidate_rank_prior else None)
         self.centre_head = MapHead(cfg.decoder_dims[-1]) if cfg.candidate_centres else None
         self.relation_pick = RelationPick(self.text.dim) if cfg.relation_pick else None
-        self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim,
-                                       peak_logit=cfg.located_peak_logit)
+        self.no_target = (NoTargetHead(cfg.decoder_dims[0], cfg.decoder_dims[-1], self.text.dim)
                           if cfg.no_target_head else None)
 
     # -- the three stages, separable so inference can share one image over many sentences

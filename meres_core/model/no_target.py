@@ -19,13 +19,6 @@ decoder's first and last guided maps: what was segmented and the best match anyw
 the mean-pooled language features (what was asked). Trained with BCE against "the target mask is not empty" (weight `no_target_weight`)
 besides the mask losses. The last layer starts at weight 0 and bias INIT_BIAS, so a warm
 start begins with every probability times sigmoid(6) = 0.9975: as before.
-
-With `peak_logit` m (`ModelConfig.located_peak_logit`), a map whose highest logit is below m is
-raised to it before the gate, l + max(0, m - max l): the head says whether, the mask only where
-(ReLA's split). Without it a target the head calls present can still vanish when the decoder's
-map is weak everywhere: 16 of the stage-22 demo model's 19 meres-synth category misses were empty
-masks, 7 of them with the map's peak on the target (small stars: decoder logits of +3 to +5 under
-the position prior's per-sentence offset of -5 to -8). Then found = sigmoid(m) sigmoid(t) > 0.5.
 """
 from __future__ import annotations
 
@@ -52,10 +45,8 @@ def pool(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 class NoTargetHead(nn.Module):
-    def __init__(self, coarse_dim: int, fine_dim: int, text_dim: int, hidden: int = 128,
-                 peak_logit: float | None = None):
+    def __init__(self, coarse_dim: int, fine_dim: int, text_dim: int, hidden: int = 128):
         super().__init__()
-        self.peak_logit = peak_logit
         self.mlp = nn.Sequential(nn.Linear(2 * (coarse_dim + fine_dim) + text_dim, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, 1))
         nn.init.zeros_(self.mlp[-1].weight)
@@ -72,8 +63,6 @@ class NoTargetHead(nn.Module):
                   sentence.float()]
         target = self.mlp(torch.cat(inputs, dim=1).to(self.mlp[0].weight.dtype))[:, 0].float()  # t (B,)
         l, t = logits.float(), target[:, None, None, None]
-        if self.peak_logit is not None:  # pooled above from the map as it was: the lift does not sway t
-            l = l + F.relu(self.peak_logit - l.amax(dim=(-2, -1), keepdim=True))
         # logit(p') = log p' - log(1 - p'), with 1 - p' = sigmoid(-l) + sigmoid(l) sigmoid(-t): stable in log space.
         log_p = log_sigmoid(l) + log_sigmoid(t)
         log_not_p = torch.logaddexp(log_sigmoid(-l), log_sigmoid(l) + log_sigmoid(-t))
