@@ -37,8 +37,10 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,6 +71,15 @@ TRIAL_CALLS = 8
 # upgrade, a local edit) computes what that code computed, so the key hashes these sources.
 COMPILED_SOURCES = (Path(__file__).parent / "model", Path(__file__), Path(__file__).parent / "export_onnx.py",
                     Path(__file__).parent / "device.py")
+
+
+# Packages the cache keeps: every model, code version, precision and machine has its own (~20 MB for the demo
+# model), so each upgrade or retrained checkpoint adds one; beyond this many the least recently used go.
+KEEP_PACKAGES = 6
+# A scratch folder or handed-over checkpoint older than this was left by a compilation that was killed.
+LEFTOVER_AGE_S = 3600.0
+# What belongs to a package besides it: its compiler log, lock, and failed / slower notes.
+PACKAGE_NOTES = (".log", ".lock", ".failed", ".slower")
 
 
 def source_digest() -> str:
@@ -143,7 +154,45 @@ def compile_package(model: MERES, dtype: torch.dtype, device: torch.device, path
         os.replace(partial, path)
     log.info("compiled the image path (%s) to %s in %.0f s", str(dtype).removeprefix("torch."), path,
              time.perf_counter() - start)
+    prune_cache(path.parent)
     return path
+
+
+def load_cached(path: Path) -> Callable:
+    """The package at `path`, marked as used now (its mtime: what prune_cache keeps)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves
+    return aoti_loader.load_package(path)
+
+
+def prune_cache(directory: Path, keep: int = KEEP_PACKAGES) -> list[Path]:
+    """Remove all but the `keep` most recently used packages in `directory` (with their notes), and what killed
+    compilations left behind (scratch folders, handed-over checkpoints older than LEFTOVER_AGE_S); -> what went."""
+    def used(path: Path) -> float:  # another process may remove a file meanwhile: never an error here
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return math.inf
+
+    packages = sorted(directory.glob("image_path_*.pt2"), key=used, reverse=True)
+    stale = [p for package in packages[keep:] for p in (package, *map(package.with_suffix, PACKAGE_NOTES))]
+    cutoff = time.time() - LEFTOVER_AGE_S
+    stale += [p for p in (*directory.glob("tmp*"), *directory.glob(".source-*.pt")) if used(p) < cutoff]
+    removed = []
+    for path in stale:
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError as error:  # another user's file, a read-only cache: the cache works regardless
+            log.debug("could not remove %s from the package cache: %s", path, error)
+    if removed:
+        log.info("package cache %s: removed %d files and folders (least recently used beyond %d packages, leftovers "
+                 "of killed compilations)", directory, len(removed), keep)
+    return removed
 
 
 class CompiledImagePath:
@@ -162,7 +211,7 @@ class CompiledImagePath:
                                    f"{error}); it needs a C++ compiler (g++) on CPU. Use backend 'torch'.") from error
         if device.type == "cpu":  # once per machine, as the package: ~30 s
             aoti_loader.build()
-        self._runner = aoti_loader.load_package(self.path)
+        self._runner = load_cached(self.path)
 
     def __call__(self, pixels: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor,
                  landmark_index: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -273,7 +322,7 @@ class BackgroundCompile:
     def _load(self) -> Optional[Callable]:
         """The cached package's runner; a package that does not load is removed (compiled again later)."""
         try:
-            return aoti_loader.load_package(self.path)
+            return load_cached(self.path)
         except Exception as error:  # noqa: BLE001 - whatever a damaged file raises, eager can serve
             log.warning("backend auto: could not load %s (%s: %s); removed it, eager PyTorch serves and compiles "
                         "it again", self.path, type(error).__name__, error)

@@ -158,6 +158,36 @@ def test_another_model_config_with_the_same_weights_gets_another_package():
     assert package_key(other, torch.float32, cpu) != package_key(first, torch.float32, cpu)
 
 
+def test_the_cache_keeps_the_most_recently_used_packages_and_clears_what_killed_compilations_left(tmp_path, monkeypatch):
+    from meres_core import compiled
+
+    now = time.time()
+    packages = []
+    for age_h in range(8):  # image_path_0 newest .. image_path_7 oldest, each with its notes
+        package = tmp_path / f"image_path_{age_h}.pt2"
+        for path in (package, package.with_suffix(".log"), package.with_suffix(".lock")):
+            path.write_bytes(b"x")
+            os.utime(path, (now - 3600 * age_h, now - 3600 * age_h))
+        packages.append(package)
+    (tmp_path / "image_path_9.failed").write_text("compiling failed\n")  # no package: it keeps later starts from retrying
+    old_scratch, new_scratch = tmp_path / "tmpold", tmp_path / "tmpnew"
+    for folder, age_s in ((old_scratch, 2 * compiled.LEFTOVER_AGE_S), (new_scratch, 60)):
+        folder.mkdir()
+        (folder / "image_path_x.pt2").write_bytes(b"partial")
+        os.utime(folder, (now - age_s, now - age_s))
+    handed_over = tmp_path / ".source-abc.pt"
+    handed_over.write_bytes(b"weights")
+    os.utime(handed_over, (now - 2 * compiled.LEFTOVER_AGE_S,) * 2)
+    # A start that loads the oldest package marks it used: it stays, the next oldest goes in its place.
+    monkeypatch.setattr(compiled.aoti_loader, "load_package", lambda path: ("runner", path))
+    assert compiled.load_cached(packages[7]) == ("runner", packages[7])
+    compiled.prune_cache(tmp_path, keep=3)
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == ["image_path_0.pt2", "image_path_1.pt2", "image_path_7.pt2"]
+    assert sorted(p.name for p in tmp_path.glob("*.log")) == ["image_path_0.log", "image_path_1.log", "image_path_7.log"]
+    assert not list(tmp_path.glob("image_path_5.*")) and (tmp_path / "image_path_9.failed").is_file()
+    assert not old_scratch.exists() and new_scratch.is_dir() and not handed_over.exists()
+
+
 def test_other_model_code_gets_another_package(tiny, tmp_path, monkeypatch):
     """An upgrade or a local edit of the model code never runs a package compiled from the old code."""
     import shutil
