@@ -17,7 +17,7 @@ from meres_core.config import merge, parse_overrides
 
 def export(checkpoint: str | Path, out: str | Path, half: bool, metadata: dict | None = None,
            presence_threshold: float | None = None, overrides: dict | None = None) -> Path:
-    overrides = dict(overrides or {})
+    overrides = overrides or {}
     if presence_threshold is not None:  # calibrated on the val split (training.evaluate prints it)
         overrides = merge(overrides, {"inference": {"presence_threshold": presence_threshold}})
     model, cfg, trained_metadata = build_from_checkpoint(checkpoint, overrides=overrides)
